@@ -1,0 +1,3 @@
+"""fleetkeep: self-hosted endpoint data protection."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Administrators, their roles, API tokens and console sessions."""

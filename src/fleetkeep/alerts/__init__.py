@@ -1,0 +1,1 @@
+"""Alerts: one open alert per (type, subject), updated while its condition lasts."""

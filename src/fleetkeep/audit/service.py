@@ -1,0 +1,103 @@
+"""Recording and reading audit events. Every service that changes state calls ``record``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from fleetkeep.audit.models import AuditEvent
+from fleetkeep.db import utcnow
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who is acting: ``admin:alice@example.com``, ``sync:directory:3``, ``system`` …"""
+
+    name: str
+    request_id: str | None = None
+    source_ip: str | None = None
+
+
+SYSTEM = Actor("system")
+
+
+def record(
+    session: Session,
+    actor: Actor,
+    action: str,
+    target_type: str,
+    target_id: object = "",
+    *,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> None:
+    session.add(
+        AuditEvent(
+            at=utcnow(),
+            actor=actor.name,
+            action=action,
+            target_type=target_type,
+            target_id=str(target_id),
+            before=before,
+            after=after,
+            request_id=actor.request_id,
+            source_ip=actor.source_ip,
+        )
+    )
+
+
+def record_many(session: Session, actor: Actor, rows: Sequence[dict[str, Any]]) -> None:
+    """Bulk form for syncs: each row has action, target_type, target_id, before, after."""
+    if not rows:
+        return
+    now = utcnow()
+    session.execute(
+        insert(AuditEvent),
+        [
+            {
+                "at": now,
+                "actor": actor.name,
+                "request_id": actor.request_id,
+                "source_ip": actor.source_ip,
+                "target_id": str(row.get("target_id", "")),
+                "before": row.get("before"),
+                "after": row.get("after"),
+                "action": row["action"],
+                "target_type": row["target_type"],
+            }
+            for row in rows
+        ],
+    )
+
+
+def list_events(
+    session: Session,
+    *,
+    after_id: int | None = None,
+    limit: int = 100,
+    action: str | None = None,
+    actor: str | None = None,
+    target_type: str | None = None,
+    target_id: str | None = None,
+    since: datetime | None = None,
+) -> list[AuditEvent]:
+    """Newest first; ``after_id`` continues below that id (cursor)."""
+    query = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+    if after_id is not None:
+        query = query.where(AuditEvent.id < after_id)
+    if action:
+        query = query.where(AuditEvent.action == action)
+    if actor:
+        query = query.where(AuditEvent.actor == actor)
+    if target_type:
+        query = query.where(AuditEvent.target_type == target_type)
+    if target_id:
+        query = query.where(AuditEvent.target_id == target_id)
+    if since:
+        query = query.where(AuditEvent.at >= since)
+    return list(session.scalars(query))

@@ -1,0 +1,124 @@
+"""The ``fleetkeep`` admin command: init, serve, and one sub-command per capability."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from fleetkeep import __version__
+from fleetkeep.admins import service as admins
+from fleetkeep.admins.cli import admins_app, read_password, tokens_app
+from fleetkeep.admins.models import Role
+from fleetkeep.clikit import actor, console, db, engine, fail, handles_errors, settings
+from fleetkeep.identity.cli import profiles_app, regions_app, users_app
+from fleetkeep.ops_cli import alerts_app, audit, db_app, jobs_app
+
+app = typer.Typer(
+    help="fleetkeep: self-hosted endpoint data protection.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(users_app, name="users")
+app.add_typer(profiles_app, name="profiles")
+app.add_typer(regions_app, name="regions")
+app.add_typer(admins_app, name="admins")
+app.add_typer(tokens_app, name="api-tokens")
+app.add_typer(alerts_app, name="alerts")
+app.add_typer(jobs_app, name="jobs")
+app.add_typer(db_app, name="db")
+app.command("audit")(audit)
+
+
+@app.command()
+def version() -> None:
+    console.print(__version__)
+
+
+@app.command()
+@handles_errors
+def init(
+    email: Annotated[
+        str, typer.Option(help="the first admin's email")
+    ] = "admin@localhost.localdomain",
+    password_stdin: Annotated[bool, typer.Option(help="read the password from stdin")] = False,
+) -> None:
+    """Create the data directory, the database and the first admin (an owner).
+
+    The password comes from stdin (--password-stdin), from FLEETKEEP_ADMIN_PASSWORD, or is
+    generated and printed once. Running init again changes nothing.
+    """
+    cfg = settings()
+    cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    engine()
+    password = read_password(password_stdin) or os.environ.get("FLEETKEEP_ADMIN_PASSWORD")
+    with db() as session:
+        if admins.count_admins(session):
+            console.print(
+                f"already initialised: {cfg.data_dir} (database {_safe_url(cfg.database_url)})"
+            )
+            return
+        generated = password is None
+        password = password or admins.generate_password()
+        admin = admins.create_admin(session, actor(), email, password, Role.OWNER, "Owner")
+    console.print(f"data directory: {cfg.data_dir}")
+    console.print(f"database:       {_safe_url(cfg.database_url)}")
+    console.print(f"first admin:    [bold]{admin.email}[/] (owner)")
+    if generated:
+        console.print(f"password:       [bold]{password}[/]  (shown once)")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="listen address")] = None,
+    port: Annotated[int | None, typer.Option(help="listen port")] = None,
+    no_jobs: Annotated[bool, typer.Option("--no-jobs", help="do not run periodic jobs")] = False,
+) -> None:
+    """Run the server (API, device API, console) with migrations applied first."""
+    import uvicorn
+
+    from fleetkeep.observability import configure_logging
+    from fleetkeep.web.app import create_app
+
+    cfg = settings()
+    if host:
+        cfg.listen_host = host
+    if port:
+        cfg.listen_port = port
+    configure_logging(cfg.log_level, cfg.log_format)
+    eng = engine()
+    application = create_app(cfg, engine=eng, run_jobs=not no_jobs)
+    console.print(
+        f"fleetkeep {__version__} on http://{cfg.listen_host}:{cfg.listen_port}/ "
+        f"(database {_safe_url(cfg.database_url)})",
+        highlight=False,
+    )
+    uvicorn.run(
+        application,
+        host=cfg.listen_host,
+        port=cfg.listen_port,
+        log_config=None,
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without a password, for printing."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except SystemExit:
+        raise
+    except BaseException as exc:  # pragma: no cover - last resort, keeps secrets out of output
+        print(f"fleetkeep: {type(exc).__name__}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None

@@ -1,0 +1,1 @@
+"""Users, profiles, storage regions and the user lifecycle (active, preserved, deleted)."""

@@ -1,0 +1,1 @@
+"""Periodic jobs, run exactly once per interval across any number of processes."""

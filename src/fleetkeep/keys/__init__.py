@@ -1,0 +1,1 @@
+"""Envelope encryption: per-user data keys (DEKs) wrapped by the organization key (ekey)."""

@@ -1,0 +1,9 @@
+"""Imports every capability's tables so that Alembic and tests see the whole schema."""
+
+from fleetkeep.admins import models as admins_models
+from fleetkeep.alerts import models as alerts_models
+from fleetkeep.audit import models as audit_models
+from fleetkeep.identity import models as identity_models
+from fleetkeep.jobs import models as jobs_models
+
+__all__ = ["admins_models", "alerts_models", "audit_models", "identity_models", "jobs_models"]

@@ -1,0 +1,1 @@
+"""The HTTP edge: app factory, auth and roles, problem+json errors, pagination."""

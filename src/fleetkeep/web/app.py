@@ -1,0 +1,83 @@
+"""The one ASGI app: admin API, device API, SCIM, connector socket, console, health."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+from sqlalchemy import Engine
+
+from fleetkeep import __version__
+from fleetkeep.admins import api as admins_api
+from fleetkeep.alerts import api as alerts_api
+from fleetkeep.audit import api as audit_api
+from fleetkeep.console import views as console_views
+from fleetkeep.db import make_engine, make_sessionmaker
+from fleetkeep.identity import api as identity_api
+from fleetkeep.jobs import api as jobs_api
+from fleetkeep.jobs.registry import builtin_jobs
+from fleetkeep.jobs.scheduler import Scheduler
+from fleetkeep.observability import Metrics
+from fleetkeep.settings import Settings
+from fleetkeep.web import health, problems
+from fleetkeep.web.deps import authorize
+from fleetkeep.web.health import DomainCollector
+from fleetkeep.web.middleware import BodyLimit, RequestContext
+
+# Routers under /api/v1 that need an admin; ``authorize`` applies the role rule to all of them.
+ADMIN_ROUTERS: list[APIRouter] = [
+    admins_api.router,
+    identity_api.router,
+    audit_api.router,
+    alerts_api.router,
+    jobs_api.router,
+]
+# Routers mounted as they are (they carry their own auth: device tokens, SCIM tokens …).
+OTHER_ROUTERS: list[APIRouter] = [health.router, console_views.router]
+# Larger body limits for upload routes, by path prefix.
+BODY_LIMITS: dict[str, int] = {}
+
+
+def create_app(
+    settings: Settings, *, engine: Engine | None = None, run_jobs: bool = False
+) -> FastAPI:
+    engine = engine or make_engine(settings.database_url)
+    factory = make_sessionmaker(engine)
+    scheduler = Scheduler(factory, builtin_jobs(settings), settings.job_tick_seconds)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if run_jobs:
+            scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.stop()
+
+    app = FastAPI(
+        title="fleetkeep",
+        version=__version__,
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = factory
+    app.state.metrics = Metrics()
+    app.state.metrics.registry.register(DomainCollector(factory))
+
+    problems.install(app)
+    api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
+    for router in ADMIN_ROUTERS:
+        api.include_router(router)
+    app.include_router(admins_api.public, prefix="/api/v1")
+    app.include_router(api)
+    for router in OTHER_ROUTERS:
+        app.include_router(router)
+
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, overrides=BODY_LIMITS)
+    app.add_middleware(RequestContext, metrics=app.state.metrics)
+    return app
