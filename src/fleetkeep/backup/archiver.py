@@ -1,0 +1,321 @@
+"""Backup: walk the paths, chunk and store changed files in parallel, write trees, snapshot last.
+
+Worker threads read, chunk, hash, compress and encrypt whole files; every library on that path
+(pyfastcdc, blake3, zstandard, cryptography) releases the GIL, so two cores both work. Order
+of writes makes a crash harmless: packs, then the index naming them, then the snapshot.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fleetkeep.backup.cache import FilesCache
+from fleetkeep.backup.crypto import BlobType
+from fleetkeep.backup.repository import BlobSink, Repository, Snapshot
+from fleetkeep.backup.tree import Node, encode_tree
+
+_IN_FLIGHT_FILES = 64
+_PROGRESS_EVERY_S = 0.5
+_O_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+@dataclass
+class BackupProgress:
+    files: int = 0
+    dirs: int = 0
+    bytes: int = 0
+    new_bytes: int = 0
+    unchanged_files: int = 0
+    errors: int = 0
+    done: bool = False
+
+
+ProgressCallback = Callable[[BackupProgress], None]
+
+
+@dataclass
+class _FileResult:
+    content: list[bytes]
+    size: int
+
+
+def _read_xattrs(path: bytes) -> dict[bytes, bytes]:
+    try:
+        names = os.listxattr(path, follow_symlinks=False)
+    except OSError:
+        return {}
+    out = {}
+    for name in names:
+        try:
+            out[os.fsencode(name)] = os.getxattr(path, name, follow_symlinks=False)
+        except OSError:
+            continue
+    return out
+
+
+def _meta_node(name: bytes, kind: str, st: os.stat_result, path: bytes) -> Node:
+    return Node(
+        name=name,
+        type=kind,  # type: ignore[arg-type]
+        mode=stat.S_IMODE(st.st_mode),
+        mtime_ns=st.st_mtime_ns,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        xattrs=_read_xattrs(path) if kind != "symlink" else {},
+    )
+
+
+def normalize_paths(paths: Iterable[str | os.PathLike[str]]) -> list[bytes]:
+    """Absolute, normalized, sorted paths with those inside another path dropped."""
+    out: list[bytes] = []
+    for p in sorted({os.path.abspath(os.fsencode(p)) for p in paths}):
+        if out and (p == out[-1] or p.startswith(out[-1].rstrip(b"/") + b"/")):
+            continue
+        out.append(p)
+    return out
+
+
+class Archiver:
+    def __init__(
+        self,
+        repo: Repository,
+        *,
+        device: str,
+        hostname: str | None = None,
+        excludes: Iterable[str] = (),
+        cache_dir: Path | None = None,
+        progress_cb: ProgressCallback | None = None,
+        workers: int | None = None,
+    ) -> None:
+        self.repo = repo
+        self.device = device
+        self.hostname = hostname or socket.gethostname()
+        self.excludes = [os.fsencode(e) for e in excludes]
+        self.cache = FilesCache.for_device(cache_dir, repo.config.repository_id, device)
+        self.sink = BlobSink(repo)
+        self.progress = BackupProgress()
+        self._progress_cb = progress_cb
+        self._last_report = 0.0
+        self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2))
+        self._slots = threading.Semaphore(_IN_FLIGHT_FILES)
+        self._stats_lock = threading.Lock()
+
+    # -- walking -----------------------------------------------------------------------
+
+    def run(self, paths: Iterable[str | os.PathLike[str]]) -> Snapshot:
+        roots = normalize_paths(paths)
+        started = datetime.now(UTC)
+        try:
+            tree = self._virtual_dir(b"/", [r.strip(b"/").split(b"/") for r in roots])
+        finally:
+            self._pool.shutdown(wait=True)
+        self.sink.flush()
+        self.progress.new_bytes = self.sink.new_bytes
+        snap = Snapshot(
+            id="",
+            time=started,
+            hostname=self.hostname,
+            device=self.device,
+            paths=[os.fsdecode(r) for r in roots],
+            tree=tree,
+            excludes=[os.fsdecode(e) for e in self.excludes],
+            stats={
+                "files": self.progress.files,
+                "dirs": self.progress.dirs,
+                "bytes": self.progress.bytes,
+                "new_bytes": self.sink.new_bytes,
+                "stored_bytes": self.sink.stored_bytes,
+                "errors": self.progress.errors,
+                "duration_ms": int((datetime.now(UTC) - started).total_seconds() * 1000),
+            },
+        )
+        self.repo.save_snapshot(snap)
+        self.cache.save()
+        self.progress.done = True
+        self._report(force=True)
+        return snap
+
+    def _virtual_dir(self, path: bytes, targets: list[list[bytes]]) -> bytes:
+        """Tree of the directories leading to the backed-up paths (like ``/home/ann``)."""
+        groups: dict[bytes, list[list[bytes]]] = {}
+        for comps in targets:
+            groups.setdefault(comps[0], []).append(comps[1:])
+        nodes: list[Node] = []
+        for name, rests in groups.items():
+            child = os.path.join(path, name)
+            if any(not r for r in rests):
+                node = self._entry(child, name)
+                if node is not None:
+                    nodes.append(node)
+                continue
+            try:
+                st = os.lstat(child)
+            except OSError:
+                self._error()
+                continue
+            node = _meta_node(name, "dir", st, child)
+            node.subtree = self._virtual_dir(child, rests)
+            nodes.append(node)
+        return self.sink.store(BlobType.TREE, encode_tree(nodes))
+
+    def _excluded(self, path: bytes, name: bytes) -> bool:
+        return any(
+            fnmatch.fnmatchcase(path, pat) or fnmatch.fnmatchcase(name, pat)
+            for pat in self.excludes
+        )
+
+    def _entry(self, path: bytes, name: bytes) -> Node | None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            self._error()
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            return self._dir(path, name, st)
+        if stat.S_ISLNK(st.st_mode):
+            node = _meta_node(name, "symlink", st, path)
+            node.target = os.readlink(path)
+            return node
+        if stat.S_ISREG(st.st_mode):
+            node = _meta_node(name, "file", st, path)
+            self._file_now(path, st, node)
+            return node
+        return None  # sockets, fifos and devices are not backed up
+
+    def _dir(self, path: bytes, name: bytes, st: os.stat_result) -> Node:
+        node = _meta_node(name, "dir", st, path)
+        children: list[Node] = []
+        waiting: list[tuple[Node, os.stat_result, bytes, Future[_FileResult | None]]] = []
+        subdirs: list[tuple[bytes, bytes, os.stat_result]] = []
+        try:
+            entries = sorted(os.scandir(path), key=lambda e: e.name)
+        except OSError:
+            self._error()
+            entries = []
+        for entry in entries:
+            child_path = entry.path
+            child_name = entry.name
+            if self._excluded(child_path, child_name):
+                continue
+            try:
+                est = entry.stat(follow_symlinks=False)
+            except OSError:
+                self._error()
+                continue
+            mode = est.st_mode
+            if stat.S_ISREG(mode):
+                child = _meta_node(child_name, "file", est, child_path)
+                fut = self._file_later(child_path, est, child)
+                if fut is not None:
+                    waiting.append((child, est, child_path, fut))
+                children.append(child)
+            elif stat.S_ISDIR(mode):
+                subdirs.append((child_path, child_name, est))
+            elif stat.S_ISLNK(mode):
+                child = _meta_node(child_name, "symlink", est, child_path)
+                try:
+                    child.target = os.readlink(child_path)
+                except OSError:
+                    self._error()
+                    continue
+                children.append(child)
+        for child_path, child_name, est in subdirs:
+            children.append(self._dir(child_path, child_name, est))
+        failed: set[int] = set()
+        for child, est, child_path, fut in waiting:
+            result = fut.result()
+            if result is None:
+                failed.add(id(child))
+                continue
+            child.content, child.size = result.content, result.size
+            self.cache.record(child_path, est, result.content)
+        if failed:
+            children = [c for c in children if id(c) not in failed]
+        node.subtree = self.sink.store(BlobType.TREE, encode_tree(children))
+        self.progress.dirs += 1
+        self._report()
+        return node
+
+    # -- files -------------------------------------------------------------------------
+
+    def _cached(self, path: bytes, st: os.stat_result, node: Node) -> bool:
+        content = self.cache.lookup(path, st)
+        if content is None or not all(c in self.repo.index for c in content):
+            return False
+        node.content, node.size = content, st.st_size
+        self.cache.record(path, st, content)
+        with self._stats_lock:
+            self.progress.files += 1
+            self.progress.unchanged_files += 1
+            self.progress.bytes += st.st_size
+        return True
+
+    def _file_later(
+        self, path: bytes, st: os.stat_result, node: Node
+    ) -> Future[_FileResult | None] | None:
+        if self._cached(path, st, node):
+            return None
+        self._slots.acquire()
+        fut = self._pool.submit(self._store_file, path, st)
+        fut.add_done_callback(lambda _: self._slots.release())
+        return fut
+
+    def _file_now(self, path: bytes, st: os.stat_result, node: Node) -> None:
+        if self._cached(path, st, node):
+            return
+        result = self._store_file(path, st)
+        if result is not None:
+            node.content, node.size = result.content, result.size
+            self.cache.record(path, st, result.content)
+
+    def _store_file(self, path: bytes, st: os.stat_result) -> _FileResult | None:
+        try:
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
+            except PermissionError:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            self._error()
+            return None
+        sink, crypto = self.sink, self.repo.crypto
+        content: list[bytes] = []
+        size = 0
+        try:
+            for chunk in self.repo.chunker.split_file(fd, st.st_size):
+                blob_id = crypto.blob_id(chunk)
+                if sink.reserve(blob_id):
+                    sink.put(BlobType.DATA, blob_id, chunk)
+                content.append(blob_id)
+                size += len(chunk)
+        except OSError:
+            self._error()
+            return None
+        finally:
+            os.close(fd)
+        with self._stats_lock:
+            self.progress.files += 1
+            self.progress.bytes += size
+        return _FileResult(content, size)
+
+    def _error(self) -> None:
+        with self._stats_lock:
+            self.progress.errors += 1
+
+    def _report(self, force: bool = False) -> None:
+        if self._progress_cb is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_report >= _PROGRESS_EVERY_S:
+            self._last_report = now
+            self.progress.new_bytes = self.sink.new_bytes
+            self._progress_cb(self.progress)

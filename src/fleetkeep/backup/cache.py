@@ -1,0 +1,75 @@
+"""The local files cache: what each file looked like last time and which chunks it became.
+
+An unchanged file (same size, mtime, ctime and inode) is not read again. The cache is only a
+hint — entries whose chunks are no longer in the repository index are ignored — so losing or
+corrupting it costs time, never correctness.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import blake3
+
+from fleetkeep.backup.crypto import ID_BYTES
+
+_VERSION = 1
+Entry = tuple[int, int, int, int, bytes]
+
+
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+class FilesCache:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._old: dict[str, Entry] = {}
+        self._new: dict[str, Entry] = {}
+        if path is not None:
+            self._old = _load(path)
+
+    @classmethod
+    def for_device(cls, cache_dir: Path | None, repository_id: str, device: str) -> FilesCache:
+        if cache_dir is None:
+            return cls(None)
+        tag = blake3.blake3(device.encode()).hexdigest()[:16]
+        return cls(Path(cache_dir) / repository_id / f"files-{tag}.json")
+
+    def lookup(self, path: bytes, st: os.stat_result) -> list[bytes] | None:
+        hit = self._old.get(os.fsdecode(path))
+        if hit is None or hit[:4] != stat_key(st):
+            return None
+        ids = hit[4]
+        return [ids[i : i + ID_BYTES] for i in range(0, len(ids), ID_BYTES)]
+
+    def record(self, path: bytes, st: os.stat_result, content: list[bytes]) -> None:
+        self._new[os.fsdecode(path)] = (*stat_key(st), b"".join(content))
+
+    def save(self) -> None:
+        """Keep only files seen in this backup, so deleted files leave the cache."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        doc = {
+            "version": _VERSION,
+            "files": {k: [*v[:4], v[4].hex()] for k, v in self._new.items()},
+        }
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, separators=(",", ":")))
+        os.replace(tmp, self.path)
+
+
+def _load(path: Path) -> dict[str, Entry]:
+    try:
+        doc = json.loads(path.read_text())
+        if doc.get("version") != _VERSION:
+            return {}
+        return {
+            k: (int(v[0]), int(v[1]), int(v[2]), int(v[3]), bytes.fromhex(v[4]))
+            for k, v in doc["files"].items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return {}

@@ -1,0 +1,107 @@
+"""Pack files: sealed blobs back to back, then a sealed header listing them, then its length.
+
+Layout: ``blob_0 … blob_n | sealed header | u32 LE length of sealed header``. The header is
+sealed with the metadata key; each blob is sealed on its own (see ``crypto.py``), so a reader
+fetches one blob with one range read.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from fleetkeep.backup.crypto import ID_BYTES, BlobType, Crypto, ObjectKind, content_name
+from fleetkeep.backup.errors import IntegrityError
+
+PACK_TARGET_BYTES = 16 * 1024 * 1024
+_ENTRY = struct.Struct("<B32sII")
+_TRAILER = struct.Struct("<I")
+_HEADER_MAGIC = b"FKPH\x01"
+
+
+@dataclass(frozen=True, slots=True)
+class PackEntry:
+    blob_type: BlobType
+    blob_id: bytes
+    offset: int
+    length: int
+
+
+def pack_name(pack_id: str) -> str:
+    return f"packs/{pack_id[:2]}/{pack_id}"
+
+
+def encode_entries(entries: list[PackEntry]) -> bytes:
+    return b"".join(_ENTRY.pack(e.blob_type, e.blob_id, e.offset, e.length) for e in entries)
+
+
+def decode_entries(raw: bytes | memoryview, what: str) -> list[PackEntry]:
+    if len(raw) % _ENTRY.size:
+        raise IntegrityError(f"{what}: entry table has a partial entry")
+    out = []
+    for t, blob_id, offset, length in _ENTRY.iter_unpack(raw):
+        try:
+            blob_type = BlobType(t)
+        except ValueError:
+            raise IntegrityError(f"{what}: unknown blob type {t}") from None
+        out.append(PackEntry(blob_type, blob_id, offset, length))
+    return out
+
+
+ENTRY_BYTES = _ENTRY.size
+assert _ENTRY.size == 1 + ID_BYTES + 8
+
+
+class PackWriter:
+    """Collects sealed blobs until the pack is big enough to be worth one store write."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+        self.entries: list[PackEntry] = []
+        self.size = 0
+
+    def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes) -> None:
+        self._parts.append(sealed)
+        self.entries.append(PackEntry(blob_type, blob_id, self.size, len(sealed)))
+        self.size += len(sealed)
+
+    def finish(self, crypto: Crypto) -> tuple[str, bytes]:
+        """Return the pack id (BLAKE3 of the whole file) and its bytes."""
+        header = crypto.seal_object(
+            ObjectKind.PACK_HEADER, _HEADER_MAGIC + encode_entries(self.entries)
+        )
+        self._parts.append(header)
+        self._parts.append(_TRAILER.pack(len(header)))
+        data = b"".join(self._parts)
+        self._parts = []
+        return content_name(data), data
+
+
+def header_length(trailer: bytes) -> int:
+    (n,) = _TRAILER.unpack(trailer)
+    return int(n)
+
+
+TRAILER_BYTES = _TRAILER.size
+
+
+def read_header(crypto: Crypto, sealed_header: bytes, what: str) -> list[PackEntry]:
+    plain = crypto.open_object(ObjectKind.PACK_HEADER, sealed_header, what)
+    if not plain.startswith(_HEADER_MAGIC):
+        raise IntegrityError(f"{what}: bad pack header magic")
+    return decode_entries(memoryview(plain)[len(_HEADER_MAGIC) :], what)
+
+
+def parse_pack(crypto: Crypto, data: bytes, what: str) -> list[PackEntry]:
+    """Entries of a whole pack read into memory, with their bounds checked."""
+    if len(data) < TRAILER_BYTES:
+        raise IntegrityError(f"{what}: shorter than its trailer")
+    n = header_length(data[-TRAILER_BYTES:])
+    start = len(data) - TRAILER_BYTES - n
+    if start < 0:
+        raise IntegrityError(f"{what}: header length {n} exceeds the pack")
+    entries = read_header(crypto, data[start : len(data) - TRAILER_BYTES], what)
+    for e in entries:
+        if e.offset + e.length > start:
+            raise IntegrityError(f"{what}: blob {e.blob_id.hex()} lies outside the blob area")
+    return entries

@@ -1,0 +1,400 @@
+"""A repository: a store plus the user's data key. Opening needs nothing else — no database.
+
+Objects in the store (see docs/repository-format.md):
+``config`` (format version in clear, parameters sealed), ``packs/xx/<id>``, ``index/<id>``,
+``snapshots/<id>``, ``pending/<id>`` (packs prune is about to delete).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fleetkeep.backup.chunker import Chunker, ChunkerParams
+from fleetkeep.backup.crypto import BlobType, Crypto, ObjectKind, content_name
+from fleetkeep.backup.errors import (
+    IntegrityError,
+    ObjectNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    SnapshotNotFound,
+    UnsupportedFormat,
+    WrongKey,
+)
+from fleetkeep.backup.index import Index, decode_index, encode_index
+from fleetkeep.backup.pack import (
+    PACK_TARGET_BYTES,
+    TRAILER_BYTES,
+    PackEntry,
+    PackWriter,
+    header_length,
+    pack_name,
+    read_header,
+)
+from fleetkeep.backup.stores.base import Store
+from fleetkeep.backup.tree import Node, decode_tree
+from fleetkeep.keys.subkeys import derive_subkeys
+
+if TYPE_CHECKING:
+    from fleetkeep.backup.archiver import ProgressCallback
+    from fleetkeep.backup.restorer import RestoreStats
+
+FORMAT_NAME = "fleetkeep-repository"
+FORMAT_VERSION = 1
+CONFIG = "config"
+# An index file is written every this many packs, so a crash loses little indexing work
+# (the next backup adopts unindexed packs anyway).
+_INDEX_EVERY_PACKS = 64
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    repository_id: str
+    created: datetime
+    chunker: ChunkerParams
+    pack_target: int = PACK_TARGET_BYTES
+
+
+@dataclass
+class Snapshot:
+    id: str
+    time: datetime
+    hostname: str
+    device: str
+    paths: list[str]
+    tree: bytes
+    excludes: list[str] = field(default_factory=list)
+    stats: dict[str, int] = field(default_factory=dict)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "version": FORMAT_VERSION,
+                "time": self.time.isoformat(),
+                "hostname": self.hostname,
+                "device": self.device,
+                "paths": self.paths,
+                "tree": self.tree.hex(),
+                "excludes": self.excludes,
+                "stats": self.stats,
+            },
+            sort_keys=True,
+        ).encode()
+
+    @classmethod
+    def from_json(cls, snapshot_id: str, raw: bytes) -> Snapshot:
+        try:
+            d = json.loads(raw)
+            return cls(
+                id=snapshot_id,
+                time=datetime.fromisoformat(d["time"]),
+                hostname=str(d["hostname"]),
+                device=str(d["device"]),
+                paths=[str(p) for p in d["paths"]],
+                tree=bytes.fromhex(d["tree"]),
+                excludes=[str(e) for e in d.get("excludes", [])],
+                stats={str(k): int(v) for k, v in d.get("stats", {}).items()},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"snapshot {snapshot_id}: malformed ({exc})") from exc
+
+
+def _config_json(cfg: RepoConfig) -> bytes:
+    c = cfg.chunker
+    return json.dumps(
+        {
+            "repository_id": cfg.repository_id,
+            "created": cfg.created.isoformat(),
+            "chunker": {
+                "algorithm": "fastcdc2020",
+                "min_size": c.min_size,
+                "avg_size": c.avg_size,
+                "max_size": c.max_size,
+                "seed": c.seed,
+            },
+            "pack_target": cfg.pack_target,
+        }
+    ).encode()
+
+
+class Repository:
+    """Open with :meth:`open` (or create with :meth:`init`); then back up, restore, check."""
+
+    def __init__(self, store: Store, crypto: Crypto, config: RepoConfig) -> None:
+        self.store = store
+        self.crypto = crypto
+        self.config = config
+        self.chunker = Chunker(config.chunker)
+        self.index = Index()
+        self.index_files: list[str] = []
+
+    @classmethod
+    def init(
+        cls,
+        store: Store,
+        dek: bytes,
+        *,
+        chunker: ChunkerParams | None = None,
+        pack_target: int = PACK_TARGET_BYTES,
+    ) -> Repository:
+        if store.exists(CONFIG):
+            raise RepositoryExists("a repository already exists in this store")
+        params = chunker or ChunkerParams()
+        if params.seed == 0:
+            params = ChunkerParams(
+                params.min_size, params.avg_size, params.max_size, secrets.randbits(62) | 1
+            )
+        cfg = RepoConfig(secrets.token_hex(16), datetime.now(UTC), params, pack_target)
+        crypto = Crypto(derive_subkeys(dek))
+        sealed = crypto.seal_object(ObjectKind.CONFIG, _config_json(cfg))
+        doc = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "sealed": base64.b64encode(sealed).decode(),
+        }
+        store.put(CONFIG, json.dumps(doc, indent=1).encode())
+        return cls(store, crypto, cfg)
+
+    @classmethod
+    def open(cls, store: Store, dek: bytes) -> Repository:
+        try:
+            raw = store.get(CONFIG)
+        except ObjectNotFound:
+            raise RepositoryNotFound("no repository in this store") from None
+        try:
+            doc = json.loads(raw)
+            fmt, version, sealed = doc["format"], doc["version"], base64.b64decode(doc["sealed"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UnsupportedFormat(f"config is not a fleetkeep repository ({exc})") from exc
+        if fmt != FORMAT_NAME or version != FORMAT_VERSION:
+            raise UnsupportedFormat(f"unsupported repository format {fmt!r} version {version!r}")
+        crypto = Crypto(derive_subkeys(dek))
+        try:
+            plain = crypto.open_object(ObjectKind.CONFIG, sealed, CONFIG)
+        except IntegrityError:
+            raise WrongKey("the data key does not open this repository") from None
+        try:
+            d = json.loads(plain)
+            c = d["chunker"]
+            cfg = RepoConfig(
+                repository_id=str(d["repository_id"]),
+                created=datetime.fromisoformat(d["created"]),
+                chunker=ChunkerParams(
+                    int(c["min_size"]), int(c["avg_size"]), int(c["max_size"]), int(c["seed"])
+                ),
+                pack_target=int(d["pack_target"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IntegrityError(f"config: malformed ({exc})") from exc
+        repo = cls(store, crypto, cfg)
+        repo.load_index()
+        return repo
+
+    # -- index -------------------------------------------------------------------------
+
+    def load_index(self) -> None:
+        index = Index()
+        names = [o.name for o in self.store.list("index/")]
+        for name in names:
+            for pack_id, entries in self.read_index_file(name):
+                index.add_pack(pack_id, entries)
+        self.index = index
+        self.index_files = names
+
+    def read_index_file(self, name: str) -> list[tuple[str, list[PackEntry]]]:
+        raw = self.crypto.open_object(ObjectKind.INDEX, self.store.get(name), name)
+        return list(decode_index(raw, name))
+
+    def write_index_file(self, packs: Iterable[tuple[str, list[PackEntry]]]) -> str:
+        return self.save_object(ObjectKind.INDEX, "index", encode_index(packs))
+
+    def read_pack_header(self, pack_id: str) -> list[PackEntry]:
+        name = pack_name(pack_id)
+        n = header_length(self.store.get_range(name, -TRAILER_BYTES, TRAILER_BYTES))
+        sealed = self.store.get_range(name, -(TRAILER_BYTES + n), n)
+        if len(sealed) != n:
+            raise IntegrityError(f"{name}: header length {n} exceeds the pack")
+        return read_header(self.crypto, sealed, name)
+
+    # -- objects and blobs -------------------------------------------------------------
+
+    def save_object(self, kind: ObjectKind, folder: str, plaintext: bytes) -> str:
+        sealed = self.crypto.seal_object(kind, plaintext)
+        name = f"{folder}/{content_name(sealed)}"
+        self.store.put(name, sealed)
+        return name
+
+    def load_object(self, kind: ObjectKind, name: str) -> bytes:
+        sealed = self.store.get(name)
+        if content_name(sealed) != name.rpartition("/")[2]:
+            raise IntegrityError(f"{name}: content does not match its name")
+        return self.crypto.open_object(kind, sealed, name)
+
+    def read_blob(self, blob_id: bytes, blob_type: BlobType = BlobType.DATA) -> bytes:
+        loc = self.index.get(blob_id)
+        if loc is None:
+            raise ObjectNotFound(f"blob {blob_id.hex()} is not in the index")
+        if loc.blob_type != blob_type:
+            raise IntegrityError(f"blob {blob_id.hex()} has type {loc.blob_type.name}")
+        sealed = self.store.get_range(pack_name(loc.pack_id), loc.offset, loc.length)
+        return self.crypto.open_blob(blob_type, blob_id, sealed)
+
+    def read_tree(self, tree_id: bytes) -> list[Node]:
+        return decode_tree(self.read_blob(tree_id, BlobType.TREE), f"tree {tree_id.hex()}")
+
+    # -- snapshots ---------------------------------------------------------------------
+
+    def list_snapshots(self) -> list[Snapshot]:
+        snaps = [self._load_snapshot(o.name) for o in self.store.list("snapshots/")]
+        return sorted(snaps, key=lambda s: s.time)
+
+    def _load_snapshot(self, name: str) -> Snapshot:
+        raw = self.load_object(ObjectKind.SNAPSHOT, name)
+        return Snapshot.from_json(name.rpartition("/")[2], raw)
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        """Find a snapshot by its id or a unique prefix of it (at least 4 hex digits)."""
+        if len(snapshot_id) < 4:
+            raise SnapshotNotFound(f"snapshot id {snapshot_id!r} is too short")
+        hits = [o.name for o in self.store.list(f"snapshots/{snapshot_id}")]
+        if len(hits) != 1:
+            raise SnapshotNotFound(
+                f"snapshot {snapshot_id!r} "
+                + ("not found" if not hits else f"is ambiguous ({len(hits)} matches)")
+            )
+        return self._load_snapshot(hits[0])
+
+    # -- operations (each lives in its own module) ---------------------------------------
+
+    def backup(
+        self,
+        paths: Iterable[str | os.PathLike[str]],
+        *,
+        device: str,
+        hostname: str | None = None,
+        excludes: Iterable[str] = (),
+        cache_dir: str | os.PathLike[str] | None = None,
+        progress_cb: ProgressCallback | None = None,
+        workers: int | None = None,
+    ) -> Snapshot:
+        """Back up ``paths``; the snapshot is written only after everything it references."""
+        from fleetkeep.backup.archiver import Archiver
+
+        archiver = Archiver(
+            self,
+            device=device,
+            hostname=hostname,
+            excludes=excludes,
+            cache_dir=Path(cache_dir) if cache_dir is not None else None,
+            progress_cb=progress_cb,
+            workers=workers,
+        )
+        return archiver.run(paths)
+
+    def restore(
+        self,
+        snapshot: Snapshot | str,
+        target: str | os.PathLike[str],
+        include_paths: Iterable[str] | None = None,
+        *,
+        workers: int | None = None,
+    ) -> RestoreStats:
+        from fleetkeep.backup.restorer import Restorer
+
+        snap = snapshot if isinstance(snapshot, Snapshot) else self.get_snapshot(snapshot)
+        return Restorer(self, workers=workers).run(snap, target, include_paths)
+
+    def save_snapshot(self, snap: Snapshot) -> Snapshot:
+        name = self.save_object(ObjectKind.SNAPSHOT, "snapshots", snap.to_json())
+        snap.id = name.rpartition("/")[2]
+        return snap
+
+
+class BlobSink:
+    """Deduplicates, seals and packs blobs from many threads; uploads full packs.
+
+    ``reserve`` is the one place that decides a blob is new, so two threads never store the
+    same chunk twice. Packs are written before any index names them.
+    """
+
+    def __init__(self, repo: Repository) -> None:
+        self._repo = repo
+        self._lock = threading.Lock()
+        self._reserved: set[bytes] = set()
+        self._writers = {BlobType.DATA: PackWriter(), BlobType.TREE: PackWriter()}
+        self._unindexed: list[tuple[str, list[PackEntry]]] = []
+        self.new_blobs = 0
+        self.new_bytes = 0
+        self.stored_bytes = 0
+
+    def reserve(self, blob_id: bytes) -> bool:
+        with self._lock:
+            if blob_id in self._reserved or blob_id in self._repo.index:
+                return False
+            self._reserved.add(blob_id)
+            return True
+
+    def put(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> None:
+        """Store a blob already reserved by this caller."""
+        sealed = self._repo.crypto.seal_blob(blob_type, blob_id, data)
+        full: PackWriter | None = None
+        with self._lock:
+            writer = self._writers[blob_type]
+            writer.add(blob_type, blob_id, sealed)
+            self.new_blobs += 1
+            self.new_bytes += len(data)
+            if writer.size >= self._repo.config.pack_target:
+                full = writer
+                self._writers[blob_type] = PackWriter()
+        if full is not None:
+            self._upload(full)
+
+    def put_sealed(self, blob_type: BlobType, blob_id: bytes, sealed: bytes) -> None:
+        """Repack an already-sealed blob (prune): the seal is bound to the id, not the pack."""
+        full: PackWriter | None = None
+        with self._lock:
+            writer = self._writers[blob_type]
+            writer.add(blob_type, blob_id, sealed)
+            if writer.size >= self._repo.config.pack_target:
+                full = writer
+                self._writers[blob_type] = PackWriter()
+        if full is not None:
+            self._upload(full)
+
+    def store(self, blob_type: BlobType, data: bytes) -> bytes:
+        blob_id = self._repo.crypto.blob_id(data)
+        if self.reserve(blob_id):
+            self.put(blob_type, blob_id, data)
+        return blob_id
+
+    def _upload(self, writer: PackWriter) -> None:
+        pack_id, data = writer.finish(self._repo.crypto)
+        self._repo.store.put(pack_name(pack_id), data)
+        with self._lock:
+            self.stored_bytes += len(data)
+            self._unindexed.append((pack_id, writer.entries))
+            self._repo.index.add_pack(pack_id, writer.entries)
+            batch = None
+            if len(self._unindexed) >= _INDEX_EVERY_PACKS:
+                batch, self._unindexed = self._unindexed, []
+        if batch:
+            self._repo.write_index_file(batch)
+
+    def flush(self) -> list[str]:
+        """Upload partial packs and index everything uploaded; returns the new index files."""
+        with self._lock:
+            pending = [w for w in self._writers.values() if w.entries]
+            self._writers = {BlobType.DATA: PackWriter(), BlobType.TREE: PackWriter()}
+        for w in pending:
+            self._upload(w)
+        with self._lock:
+            batch, self._unindexed = self._unindexed, []
+        return [self._repo.write_index_file(batch)] if batch else []

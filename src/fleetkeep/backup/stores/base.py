@@ -1,0 +1,62 @@
+"""The storage interface a repository needs: flat names, immutable content-addressed objects.
+
+Names look like ``config``, ``packs/ab/abcdef…``, ``index/…``, ``snapshots/…``. Everything a
+repository does goes through these six calls, so an HTTP store (agent → server) only has to
+carry them over the wire.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from fleetkeep.backup.errors import BackupError
+
+_NAME = re.compile(r"^[a-z]+(/[0-9a-z][0-9a-z._-]*)*$")
+
+
+class InvalidName(BackupError):
+    code = "invalid_object_name"
+
+
+def check_name(name: str) -> str:
+    """Reject names that could leave the store's root or collide with temporary files."""
+    if not _NAME.match(name) or ".." in name:
+        raise InvalidName(f"invalid object name {name!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    size: int
+    modified: datetime
+
+
+class Store(ABC):
+    """A blob store. ``put`` is atomic: readers see the whole object or nothing."""
+
+    @abstractmethod
+    def put(self, name: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def get(self, name: str) -> bytes:
+        """Raise ``ObjectNotFound`` when absent."""
+
+    @abstractmethod
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset``; a negative ``offset`` counts from the end."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Objects whose name starts with ``prefix`` (a folder such as ``packs/``)."""
+
+    @abstractmethod
+    def delete(self, name: str) -> None:
+        """Deleting an absent object is not an error: prune may be retried."""

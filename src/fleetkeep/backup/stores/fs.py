@@ -1,0 +1,87 @@
+"""A store on the local filesystem: temp file + fsync + rename, so objects appear whole."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from fleetkeep.backup.errors import ObjectNotFound
+from fleetkeep.backup.stores.base import ObjectInfo, Store, check_name
+
+_TMP_PREFIX = ".tmp-"
+
+
+class FilesystemStore(Store):
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    def _path(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def put(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        parent = path.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        os.replace(tmp, path)
+        dir_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def get(self, name: str) -> bytes:
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFound(f"object {name} not found") from None
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        try:
+            fd = os.open(self._path(name), os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"object {name} not found") from None
+        try:
+            if offset < 0:
+                offset = max(0, os.fstat(fd).st_size + offset)
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        base = self.root
+        folder = prefix.rpartition("/")[0]
+        for dirpath, dirnames, filenames in os.walk(base / folder if folder else base):
+            dirnames.sort()
+            rel_dir = os.path.relpath(dirpath, base)
+            for filename in sorted(filenames):
+                if filename.startswith(_TMP_PREFIX):
+                    continue
+                name = filename if rel_dir == "." else f"{rel_dir}/{filename}"
+                if not name.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, filename))
+                except FileNotFoundError:
+                    continue
+                yield ObjectInfo(name, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    def delete(self, name: str) -> None:
+        self._path(name).unlink(missing_ok=True)
