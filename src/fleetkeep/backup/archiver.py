@@ -21,6 +21,7 @@ from pathlib import Path
 
 from fleetkeep.backup.cache import FilesCache
 from fleetkeep.backup.crypto import BlobType
+from fleetkeep.backup.prune import adopt_unindexed_packs
 from fleetkeep.backup.repository import BlobSink, Repository, Snapshot
 from fleetkeep.backup.tree import Node, encode_tree
 
@@ -115,6 +116,7 @@ class Archiver:
     def run(self, paths: Iterable[str | os.PathLike[str]]) -> Snapshot:
         roots = normalize_paths(paths)
         started = datetime.now(UTC)
+        adopt_unindexed_packs(self.repo)
         try:
             tree = self._virtual_dir(b"/", [r.strip(b"/").split(b"/") for r in roots])
         finally:

@@ -14,7 +14,7 @@ import secrets
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -45,7 +45,10 @@ from fleetkeep.keys.subkeys import derive_subkeys
 
 if TYPE_CHECKING:
     from fleetkeep.backup.archiver import ProgressCallback
+    from fleetkeep.backup.check import CheckReport
+    from fleetkeep.backup.prune import PruneReport
     from fleetkeep.backup.restorer import RestoreStats
+    from fleetkeep.backup.retention import RetentionPolicy
 
 FORMAT_NAME = "fleetkeep-repository"
 FORMAT_VERSION = 1
@@ -253,10 +256,10 @@ class Repository:
     # -- snapshots ---------------------------------------------------------------------
 
     def list_snapshots(self) -> list[Snapshot]:
-        snaps = [self._load_snapshot(o.name) for o in self.store.list("snapshots/")]
+        snaps = [self.load_snapshot(o.name) for o in self.store.list("snapshots/")]
         return sorted(snaps, key=lambda s: s.time)
 
-    def _load_snapshot(self, name: str) -> Snapshot:
+    def load_snapshot(self, name: str) -> Snapshot:
         raw = self.load_object(ObjectKind.SNAPSHOT, name)
         return Snapshot.from_json(name.rpartition("/")[2], raw)
 
@@ -270,7 +273,7 @@ class Repository:
                 f"snapshot {snapshot_id!r} "
                 + ("not found" if not hits else f"is ambiguous ({len(hits)} matches)")
             )
-        return self._load_snapshot(hits[0])
+        return self.load_snapshot(hits[0])
 
     # -- operations (each lives in its own module) ---------------------------------------
 
@@ -312,6 +315,36 @@ class Repository:
         snap = snapshot if isinstance(snapshot, Snapshot) else self.get_snapshot(snapshot)
         return Restorer(self, workers=workers).run(snap, target, include_paths)
 
+    def check(self, read_data: bool = False) -> CheckReport:
+        from fleetkeep.backup.check import Checker
+
+        return Checker(self, read_data=read_data).run()
+
+    def forget(
+        self, policy: RetentionPolicy, *, now: datetime | None = None, dry_run: bool = False
+    ) -> list[Snapshot]:
+        from fleetkeep.backup.prune import forget
+
+        return forget(self, policy, now=now, dry_run=dry_run)
+
+    def prune(
+        self,
+        *,
+        repack_threshold: float | None = None,
+        grace: timedelta | None = None,
+        now: datetime | None = None,
+    ) -> PruneReport:
+        from fleetkeep.backup import prune as gc
+
+        return gc.prune(
+            self,
+            repack_threshold=gc.DEFAULT_REPACK_THRESHOLD
+            if repack_threshold is None
+            else repack_threshold,
+            grace=gc.DEFAULT_GRACE if grace is None else grace,
+            now=now,
+        )
+
     def save_snapshot(self, snap: Snapshot) -> Snapshot:
         name = self.save_object(ObjectKind.SNAPSHOT, "snapshots", snap.to_json())
         snap.id = name.rpartition("/")[2]
@@ -331,6 +364,7 @@ class BlobSink:
         self._reserved: set[bytes] = set()
         self._writers = {BlobType.DATA: PackWriter(), BlobType.TREE: PackWriter()}
         self._unindexed: list[tuple[str, list[PackEntry]]] = []
+        self.written_packs: list[str] = []
         self.new_blobs = 0
         self.new_bytes = 0
         self.stored_bytes = 0
@@ -380,6 +414,7 @@ class BlobSink:
         self._repo.store.put(pack_name(pack_id), data)
         with self._lock:
             self.stored_bytes += len(data)
+            self.written_packs.append(pack_id)
             self._unindexed.append((pack_id, writer.entries))
             self._repo.index.add_pack(pack_id, writer.entries)
             batch = None
