@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-11-23 11:57:42.883530
+Create Date: 2026-11-23 12:06:54.548200
 """
 
 from collections.abc import Sequence
@@ -91,12 +91,75 @@ def upgrade() -> None:
         batch_op.create_index("ix_audit_events_target", ["target_type", "target_id"], unique=False)
 
     op.create_table(
+        "connector_tokens",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("label", sa.String(length=200), nullable=False),
+        sa.Column("prefix", sa.String(length=16), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("created_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_by", sa.String(length=320), nullable=False),
+        sa.Column("revoked_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_used_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_connector_tokens")),
+        sa.UniqueConstraint("token_hash", name=op.f("uq_connector_tokens_token_hash")),
+    )
+    op.create_table(
+        "directories",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column(
+            "kind",
+            sa.Enum(
+                "ad",
+                "ldap",
+                "scim",
+                "entra",
+                "google",
+                "csv",
+                name="directorykind",
+                native_enum=False,
+                length=10,
+            ),
+            nullable=False,
+        ),
+        sa.Column("settings", sa.JSON(), nullable=False),
+        sa.Column("secret", sa.Text(), nullable=True),
+        sa.Column("enabled", sa.Boolean(), nullable=False),
+        sa.Column("sync_interval_hours", sa.Double(), nullable=False),
+        sa.Column("auto_update", sa.Boolean(), nullable=False),
+        sa.Column("auto_preserve", sa.Boolean(), nullable=False),
+        sa.Column("hold_above_count", sa.Integer(), nullable=False),
+        sa.Column("hold_above_percent", sa.Double(), nullable=False),
+        sa.Column("last_sync_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("created_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_directories")),
+        sa.UniqueConstraint("name", name=op.f("uq_directories_name")),
+    )
+    op.create_table(
         "job_leases",
         sa.Column("name", sa.String(length=100), nullable=False),
-        sa.Column("next_run_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_started_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("holder", sa.String(length=200), nullable=True),
         sa.Column("leased_until", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_job_leases")),
+    )
+    op.create_table(
+        "key_versions",
+        sa.Column("version", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column(
+            "provider",
+            sa.Enum(
+                "local", "connector", "awskms", name="providername", native_enum=False, length=16
+            ),
+            nullable=False,
+        ),
+        sa.Column("kcv", sa.String(length=64), nullable=False),
+        sa.Column("key_ref", sa.String(length=2048), nullable=False),
+        sa.Column("active", sa.Boolean(), nullable=False),
+        sa.Column("created_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("created_by", sa.String(length=320), nullable=False),
+        sa.PrimaryKeyConstraint("version", name=op.f("pk_key_versions")),
     )
     op.create_table(
         "login_failures",
@@ -177,6 +240,129 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_api_tokens_admin_id"), ["admin_id"], unique=False)
 
     op.create_table(
+        "connector_sessions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("token_id", sa.Integer(), nullable=False),
+        sa.Column("host", sa.String(length=255), nullable=False),
+        sa.Column("version", sa.String(length=40), nullable=False),
+        sa.Column("remote_addr", sa.String(length=64), nullable=False),
+        sa.Column("replica", sa.String(length=255), nullable=False),
+        sa.Column("kcvs", sa.String(length=2000), nullable=False),
+        sa.Column("connected_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_seen_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("disconnected_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["token_id"],
+            ["connector_tokens.id"],
+            name=op.f("fk_connector_sessions_token_id_connector_tokens"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_connector_sessions")),
+    )
+    with op.batch_alter_table("connector_sessions", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_connector_sessions_disconnected_at"), ["disconnected_at"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_connector_sessions_token_id"), ["token_id"], unique=False
+        )
+
+    op.create_table(
+        "directory_mappings",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("directory_id", sa.Integer(), nullable=False),
+        sa.Column(
+            "purpose",
+            sa.Enum("import", "deployment", name="mappingpurpose", native_enum=False, length=12),
+            nullable=False,
+        ),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("rule", sa.JSON(), nullable=False),
+        sa.Column("profile_id", sa.Integer(), nullable=False),
+        sa.Column("storage_region_id", sa.Integer(), nullable=False),
+        sa.Column("quota_value", sa.BigInteger(), nullable=True),
+        sa.Column(
+            "quota_unit",
+            sa.Enum("MB", "GB", "TB", name="quotaunit", native_enum=False, length=4),
+            nullable=True,
+        ),
+        sa.Column("auto_import", sa.Boolean(), nullable=False),
+        sa.Column("priority", sa.Integer(), nullable=False),
+        sa.Column("created_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["directory_id"],
+            ["directories.id"],
+            name=op.f("fk_directory_mappings_directory_id_directories"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["profile_id"], ["profiles.id"], name=op.f("fk_directory_mappings_profile_id_profiles")
+        ),
+        sa.ForeignKeyConstraint(
+            ["storage_region_id"],
+            ["storage_regions.id"],
+            name=op.f("fk_directory_mappings_storage_region_id_storage_regions"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_directory_mappings")),
+    )
+    with op.batch_alter_table("directory_mappings", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_directory_mappings_order", ["directory_id", "purpose", "priority"], unique=False
+        )
+
+    op.create_table(
+        "directory_sync_runs",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("directory_id", sa.Integer(), nullable=False),
+        sa.Column(
+            "status",
+            sa.Enum(
+                "running",
+                "succeeded",
+                "failed",
+                "held",
+                "confirmed",
+                "superseded",
+                "dry-run",
+                name="syncstatus",
+                native_enum=False,
+                length=12,
+            ),
+            nullable=False,
+        ),
+        sa.Column("dry_run", sa.Boolean(), nullable=False),
+        sa.Column("trigger", sa.String(length=20), nullable=False),
+        sa.Column("actor", sa.String(length=320), nullable=False),
+        sa.Column("started_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("duration_ms", sa.Integer(), nullable=False),
+        sa.Column("seen", sa.Integer(), nullable=False),
+        sa.Column("created", sa.Integer(), nullable=False),
+        sa.Column("updated", sa.Integer(), nullable=False),
+        sa.Column("preserved", sa.Integer(), nullable=False),
+        sa.Column("reactivated", sa.Integer(), nullable=False),
+        sa.Column("skipped", sa.Integer(), nullable=False),
+        sa.Column("errors", sa.Integer(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("held_reason", sa.String(length=500), nullable=True),
+        sa.Column("report", sa.JSON(), nullable=False),
+        sa.Column("held_plan", sa.JSON(), nullable=True),
+        sa.Column("confirmed_by", sa.String(length=320), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["directory_id"],
+            ["directories.id"],
+            name=op.f("fk_directory_sync_runs_directory_id_directories"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_directory_sync_runs")),
+    )
+    with op.batch_alter_table("directory_sync_runs", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_directory_sync_runs_directory", ["directory_id", "id"], unique=False
+        )
+
+    op.create_table(
         "job_runs",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sa.String(length=100), nullable=False),
@@ -248,11 +434,96 @@ def upgrade() -> None:
         )
         batch_op.create_index(batch_op.f("ix_users_upn"), ["upn"], unique=False)
 
+    op.create_table(
+        "deployment_cache",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("directory_id", sa.Integer(), nullable=False),
+        sa.Column("mapping_id", sa.Integer(), nullable=False),
+        sa.Column("external_id", sa.String(length=256), nullable=False),
+        sa.Column("dn", sa.String(length=1024), nullable=False),
+        sa.Column("email", sa.String(length=320), nullable=False),
+        sa.Column("upn", sa.String(length=320), nullable=False),
+        sa.Column("sam_account_name", sa.String(length=256), nullable=False),
+        sa.Column("domain", sa.String(length=256), nullable=False),
+        sa.Column("netbios_domain", sa.String(length=64), nullable=False),
+        sa.Column("display_name", sa.String(length=256), nullable=False),
+        sa.Column("updated_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["directory_id"],
+            ["directories.id"],
+            name=op.f("fk_deployment_cache_directory_id_directories"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["mapping_id"],
+            ["directory_mappings.id"],
+            name=op.f("fk_deployment_cache_mapping_id_directory_mappings"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_deployment_cache")),
+    )
+    with op.batch_alter_table("deployment_cache", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_deployment_cache_account", ["sam_account_name", "domain"], unique=False
+        )
+        batch_op.create_index(
+            "ix_deployment_cache_directory_external", ["directory_id", "external_id"], unique=True
+        )
+        batch_op.create_index(batch_op.f("ix_deployment_cache_email"), ["email"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_deployment_cache_mapping_id"), ["mapping_id"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_deployment_cache_upn"), ["upn"], unique=False)
+
+    op.create_table(
+        "wrapped_keys",
+        sa.Column("user_id", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("key_version", sa.Integer(), nullable=False),
+        sa.Column(
+            "provider",
+            sa.Enum(
+                "local", "connector", "awskms", name="providername", native_enum=False, length=16
+            ),
+            nullable=False,
+        ),
+        sa.Column("wrapped", sa.LargeBinary(), nullable=False),
+        sa.Column("created_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("rotated_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["key_version"],
+            ["key_versions.version"],
+            name=op.f("fk_wrapped_keys_key_version_key_versions"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_wrapped_keys_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_wrapped_keys")),
+    )
+    with op.batch_alter_table("wrapped_keys", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_wrapped_keys_key_version"), ["key_version"], unique=False
+        )
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("wrapped_keys", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_wrapped_keys_key_version"))
+
+    op.drop_table("wrapped_keys")
+    with op.batch_alter_table("deployment_cache", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_deployment_cache_upn"))
+        batch_op.drop_index(batch_op.f("ix_deployment_cache_mapping_id"))
+        batch_op.drop_index(batch_op.f("ix_deployment_cache_email"))
+        batch_op.drop_index("ix_deployment_cache_directory_external")
+        batch_op.drop_index("ix_deployment_cache_account")
+
+    op.drop_table("deployment_cache")
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_users_upn"))
         batch_op.drop_index(batch_op.f("ix_users_storage_region_id"))
@@ -265,6 +536,19 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_job_runs_name"))
 
     op.drop_table("job_runs")
+    with op.batch_alter_table("directory_sync_runs", schema=None) as batch_op:
+        batch_op.drop_index("ix_directory_sync_runs_directory")
+
+    op.drop_table("directory_sync_runs")
+    with op.batch_alter_table("directory_mappings", schema=None) as batch_op:
+        batch_op.drop_index("ix_directory_mappings_order")
+
+    op.drop_table("directory_mappings")
+    with op.batch_alter_table("connector_sessions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_connector_sessions_token_id"))
+        batch_op.drop_index(batch_op.f("ix_connector_sessions_disconnected_at"))
+
+    op.drop_table("connector_sessions")
     with op.batch_alter_table("api_tokens", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_api_tokens_admin_id"))
 
@@ -276,7 +560,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_login_failures_email_at")
 
     op.drop_table("login_failures")
+    op.drop_table("key_versions")
     op.drop_table("job_leases")
+    op.drop_table("directories")
+    op.drop_table("connector_tokens")
     with op.batch_alter_table("audit_events", schema=None) as batch_op:
         batch_op.drop_index("ix_audit_events_target")
         batch_op.drop_index(batch_op.f("ix_audit_events_at"))

@@ -1,0 +1,1 @@
+"""Directory provisioning: sources (AD/LDAP, SCIM, Entra, Google, CSV) feeding one sync engine."""

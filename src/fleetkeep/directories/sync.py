@@ -1,0 +1,1006 @@
+"""The source-agnostic sync engine (fetch → plan → apply) that every directory source feeds.
+
+A source turns its entries into ``SourceUser`` objects. ``plan_sync`` compares them with the
+users the directory owns (``users.source == "directory:<id>"``, matched by ``external_id``) and
+decides, per entry, one action; ``apply_plan`` writes the whole plan in bulk in the caller's
+transaction. ``run_sync`` wraps both with history (``SyncRun``), the safety hold and alerts.
+
+Rules (documented for admins in the same words):
+
+- The first *import* mapping by priority that matches an entry decides its profile, storage
+  region and quota; an entry no import mapping matches is out of scope.
+- Entries without a valid email are skipped with the reason. Several entries with the same
+  email: the entry already linked to a user with that email keeps it; otherwise an enabled
+  entry beats a disabled one, then the smallest external id wins; the others are skipped as
+  ``duplicate_email``. A multi-valued mail keeps the user's current address when it is still
+  among the values, else the source's primary one.
+- A sync never deletes. With auto-preserve on, a user it owns who vanished, no longer matches
+  a mapping or is disabled at the source is preserved (``preserved_by = directory:<id>``);
+  when the entry is back and enabled, only users the directory itself preserved are
+  reactivated, never users an admin preserved. Deleted users are left alone.
+- With auto-update on, email, username, display name, profile and region follow the source;
+  DN and UPN always do (they identify the entry).
+- A plan preserving more than ``hold_above_count`` users or ``hold_above_percent`` % of the
+  active users the directory owns is held until an admin confirms it.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleetkeep.alerts.models import Severity
+from fleetkeep.alerts.service import raise_alert, resolve_alert
+from fleetkeep.audit.service import Actor, record_many
+from fleetkeep.db import transaction, utcnow
+from fleetkeep.directories.mappings import Candidate, Rule, group_closure, normalize_dn, parse_rule
+from fleetkeep.directories.models import (
+    DeploymentCacheEntry,
+    Directory,
+    Mapping,
+    MappingPurpose,
+    SyncRun,
+    SyncStatus,
+)
+from fleetkeep.errors import Conflict, FleetkeepError, InvalidInput, NotFound
+from fleetkeep.identity.models import Profile, User, UserState
+from fleetkeep.identity.service import normalize_email, validate_email
+
+REPORT_LIMIT = 1000
+_CHUNK = 500
+
+
+@dataclass
+class SourceUser:
+    """One user entry as a source sees it. ``groups`` are direct groups (DNs or ids)."""
+
+    external_id: str
+    email: str | None = None
+    username: str = ""
+    display_name: str = ""
+    upn: str | None = None
+    dn: str = ""
+    disabled: bool = False
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    groups: set[str] = field(default_factory=set)
+    other_emails: tuple[str, ...] = ()
+    sam_account_name: str = ""
+    domain: str = ""
+
+
+@dataclass
+class FetchResult:
+    """Everything a source fetched: the users and, for nested groups, each group's parents."""
+
+    users: list[SourceUser]
+    group_parents: dict[str, set[str]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Action(enum.StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    PRESERVE = "preserve"
+    REACTIVATE = "reactivate"
+    SKIP = "skip"
+    LEAVE = "leave"
+
+
+@dataclass
+class Change:
+    """One planned action. ``values`` are the new fields (all of them for a create)."""
+
+    action: Action
+    external_id: str
+    email: str | None = None
+    dn: str = ""
+    reason: str = ""
+    user_id: int | None = None
+    mapping_id: int | None = None
+    values: dict[str, Any] = field(default_factory=dict)
+    before: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    directory_id: int
+    source: str
+    complete: bool
+    seen: int
+    owned_active: int
+    changes: list[Change] = field(default_factory=list)
+    unchanged: int = 0
+    out_of_scope: int = 0
+    warnings: list[str] = field(default_factory=list)
+    # Rows the deployment cache should hold after apply (None: leave the cache as it is).
+    deployment: list[dict[str, Any]] | None = None
+    hold_reason: str | None = None
+
+    def count(self, action: Action) -> int:
+        return sum(1 for c in self.changes if c.action is action)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counted = Counter(c.action.value for c in self.changes)
+        return {a.value: counted.get(a.value, 0) for a in Action if a is not Action.LEAVE} | {
+            "unchanged": self.unchanged,
+            "out_of_scope": self.out_of_scope,
+        }
+
+    def report(self) -> dict[str, Any]:
+        """What a person reads: counts, skipped entries with reasons, warnings (capped)."""
+        listed = [
+            {
+                "action": c.action.value,
+                "external_id": c.external_id,
+                "email": c.email,
+                "dn": c.dn,
+                "reason": c.reason,
+                "user_id": c.user_id,
+            }
+            for c in self.changes
+        ]
+        return {
+            "counts": self.counts,
+            "changes": listed[:REPORT_LIMIT],
+            "truncated": len(listed) > REPORT_LIMIT,
+            "warnings": self.warnings[:REPORT_LIMIT],
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["changes"] = [asdict(c) | {"action": c.action.value} for c in self.changes]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Plan:
+        changes = [Change(**(c | {"action": Action(c["action"])})) for c in data["changes"]]
+        return cls(**(data | {"changes": changes}))
+
+
+# Planning -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Owned:
+    id: int
+    email: str
+    email_normalized: str
+    username: str
+    display_name: str
+    state: UserState
+    preserved_by: str | None
+    profile_id: int
+    storage_region_id: int
+    dn: str | None
+    upn: str | None
+
+
+@dataclass(frozen=True)
+class CompiledMapping:
+    mapping_id: int
+    purpose: MappingPurpose
+    rule: Rule
+    profile_id: int
+    storage_region_id: int
+    quota_value: int | None
+    quota_unit: str | None
+    auto_import: bool
+
+
+def compiled_mappings(session: Session, directory_id: int) -> list[CompiledMapping]:
+    """The directory's mappings in decision order (priority, then id)."""
+    rows = session.scalars(
+        select(Mapping)
+        .where(Mapping.directory_id == directory_id)
+        .order_by(Mapping.priority, Mapping.id)
+    )
+    return [
+        CompiledMapping(
+            m.id,
+            MappingPurpose(m.purpose),
+            parse_rule(m.rule),
+            m.profile_id,
+            m.storage_region_id,
+            m.quota_value,
+            None if m.quota_unit is None else str(m.quota_unit),
+            m.auto_import,
+        )
+        for m in rows
+    ]
+
+
+def first_match(mappings: Sequence[CompiledMapping], entry: Candidate) -> CompiledMapping | None:
+    for mapping in mappings:
+        if mapping.rule.matches(entry):
+            return mapping
+    return None
+
+
+def candidate(user: SourceUser, closure: dict[str, frozenset[str]]) -> Candidate:
+    return Candidate(
+        user.dn, user.attributes, frozenset(normalize_dn(g) for g in user.groups), closure
+    )
+
+
+def plan_sync(
+    session: Session,
+    directory: Directory,
+    fetched: Sequence[SourceUser],
+    *,
+    group_parents: dict[str, set[str]] | None = None,
+    complete: bool = True,
+) -> Plan:
+    """Decide what a sync would do. ``complete=False`` (a push of some users, e.g. SCIM) never
+    treats absent users as vanished and leaves the deployment cache alone."""
+    source = directory.source
+    mappings = compiled_mappings(session, directory.id)
+    imports = [m for m in mappings if m.purpose is MappingPurpose.IMPORT]
+    deployments = [m for m in mappings if m.purpose is MappingPurpose.DEPLOYMENT]
+    nested = any(m.rule.needs_nested_groups for m in mappings)
+    closure = group_closure(group_parents) if nested and group_parents else {}
+    owned = _owned_users(session, source)
+    email_holders = {e: i for e, i in session.execute(select(User.email_normalized, User.id))}
+    profile_quota = {
+        p.id: (p.default_quota_value, str(p.default_quota_unit))
+        for p in session.scalars(select(Profile))
+    }
+    plan = Plan(
+        directory.id,
+        source,
+        complete,
+        seen=len(fetched),
+        owned_active=sum(1 for o in owned.values() if o.state is UserState.ACTIVE),
+    )
+
+    # Pass 1: scope, mapping and chosen email for every entry.
+    scoped: list[tuple[SourceUser, CompiledMapping, str | None, str]] = []
+    seen_ids: set[str] = set()
+    deployment_rows: list[dict[str, Any]] = []
+    for user in fetched:
+        if user.external_id in seen_ids:
+            plan.warnings.append(f"entry {user.dn or user.external_id} was returned twice")
+            continue
+        seen_ids.add(user.external_id)
+        entry = candidate(user, closure)
+        existing = owned.get(user.external_id)
+        if deployments and not user.disabled:
+            deploy = first_match(deployments, entry)
+            if deploy is not None:
+                deployment_rows.append(_deployment_row(directory, deploy, user))
+        mapping = first_match(imports, entry) if imports else None
+        if mapping is None:
+            if existing is not None and existing.state is UserState.ACTIVE:
+                _preserve_or_leave(plan, directory, user.external_id, existing, "no_mapping")
+            elif existing is None:
+                plan.out_of_scope += 1
+            else:
+                plan.unchanged += 1
+            continue
+        email, problem = _choose_email(user, existing)
+        scoped.append((user, mapping, email, problem))
+
+    winners = _email_winners(scoped, owned)
+    planned_email: dict[int, str] = {}
+    for user, _mapping, email, problem in scoped:
+        existing = owned.get(user.external_id)
+        if (
+            directory.auto_update
+            and existing is not None
+            and email
+            and not problem
+            and winners.get(normalize_email(email)) is user
+        ):
+            planned_email[existing.id] = email
+
+    # Pass 2: one action per scoped entry.
+    for user, mapping, email, problem in scoped:
+        existing = owned.get(user.external_id)
+        base = Change(Action.SKIP, user.external_id, email, user.dn, mapping_id=mapping.mapping_id)
+        if user.disabled:
+            if existing is not None and existing.state is UserState.ACTIVE:
+                _preserve_or_leave(plan, directory, user.external_id, existing, "disabled")
+            elif existing is None:
+                plan.changes.append(_with(base, reason="disabled"))
+            else:
+                plan.unchanged += 1
+            continue
+        if problem:
+            plan.changes.append(_with(base, reason=problem, user_id=existing and existing.id))
+            continue
+        assert email is not None
+        winner = winners.get(normalize_email(email))
+        if winner is not user:
+            assert winner is not None
+            plan.changes.append(
+                _with(
+                    base,
+                    reason=f"duplicate_email: kept for {winner.dn or winner.external_id}",
+                    user_id=existing and existing.id,
+                )
+            )
+            continue
+        holder = email_holders.get(normalize_email(email))
+        email_free = _email_free(normalize_email(email), holder, existing, owned, planned_email)
+        if existing is None:
+            if not mapping.auto_import:
+                plan.changes.append(_with(base, reason="not_auto_import"))
+            elif not email_free:
+                plan.changes.append(_with(base, reason="email_in_use"))
+            else:
+                plan.changes.append(_create(directory, user, email, mapping, profile_quota))
+            continue
+        _plan_existing(plan, directory, user, email, email_free, mapping, existing)
+
+    if complete:
+        for external_id, existing in owned.items():
+            if external_id not in seen_ids and existing.state is UserState.ACTIVE:
+                _preserve_or_leave(plan, directory, external_id, existing, "vanished")
+        plan.deployment = deployment_rows
+    plan.hold_reason = _hold_reason(directory, plan)
+    return plan
+
+
+def _owned_users(session: Session, source: str) -> dict[str, _Owned]:
+    rows = session.execute(
+        select(
+            User.external_id,
+            User.id,
+            User.email,
+            User.email_normalized,
+            User.username,
+            User.display_name,
+            User.state,
+            User.preserved_by,
+            User.profile_id,
+            User.storage_region_id,
+            User.dn,
+            User.upn,
+        ).where(User.source == source)
+    )
+    return {external_id: _Owned(*rest) for external_id, *rest in rows if external_id is not None}
+
+
+def _choose_email(user: SourceUser, existing: _Owned | None) -> tuple[str | None, str]:
+    """(email, problem): the current address when still offered, else the primary one."""
+    offered = [e for e in (user.email, *user.other_emails) if e and e.strip()]
+    if not offered:
+        return None, "no_email"
+    chosen = offered[0]
+    if existing is not None:
+        for email in offered:
+            if normalize_email(email) == existing.email_normalized:
+                chosen = email
+                break
+    try:
+        return validate_email(chosen), ""
+    except InvalidInput:
+        return chosen, "invalid_email"
+
+
+def _email_winners(
+    scoped: list[tuple[SourceUser, CompiledMapping, str | None, str]], owned: dict[str, _Owned]
+) -> dict[str, SourceUser]:
+    """For each email, the one entry allowed to have it (see the module rules)."""
+    claims: dict[str, list[SourceUser]] = {}
+    for user, _mapping, email, problem in scoped:
+        if email and not problem:
+            claims.setdefault(normalize_email(email), []).append(user)
+    winners = {}
+    for email, users in claims.items():
+        if len(users) == 1:
+            winners[email] = users[0]
+            continue
+
+        def rank(u: SourceUser, email: str = email) -> tuple[int, int, str]:
+            linked = owned.get(u.external_id)
+            return (
+                0 if linked is not None and linked.email_normalized == email else 1,
+                1 if u.disabled else 0,
+                u.external_id,
+            )
+
+        winners[email] = min(users, key=rank)
+    return winners
+
+
+def _email_free(
+    normalized: str,
+    holder: int | None,
+    existing: _Owned | None,
+    owned: dict[str, _Owned],
+    planned_email: dict[int, str],
+) -> bool:
+    """Is the address free for this entry, counting addresses this plan frees (renames)?"""
+    if holder is None or (existing is not None and holder == existing.id):
+        return True
+    if holder not in planned_email:
+        return False
+    current = next(o.email_normalized for o in owned.values() if o.id == holder)
+    return current == normalized and normalize_email(planned_email[holder]) != normalized
+
+
+def _plan_existing(
+    plan: Plan,
+    directory: Directory,
+    user: SourceUser,
+    email: str,
+    email_free: bool,
+    mapping: CompiledMapping,
+    existing: _Owned,
+) -> None:
+    base = Change(
+        Action.SKIP,
+        user.external_id,
+        email,
+        user.dn,
+        user_id=existing.id,
+        mapping_id=mapping.mapping_id,
+    )
+    if existing.state is UserState.DELETED:
+        plan.changes.append(_with(base, reason="deleted"))
+        return
+    if existing.state is UserState.PRESERVED and existing.preserved_by != directory.source:
+        plan.changes.append(_with(base, reason=f"preserved_by:{existing.preserved_by}"))
+        return
+    wanted: dict[str, Any] = {"dn": user.dn or None, "upn": user.upn or None}
+    if directory.auto_update:
+        wanted |= {
+            "username": user.username,
+            "display_name": user.display_name,
+            "profile_id": mapping.profile_id,
+            "storage_region_id": mapping.storage_region_id,
+        }
+        if normalize_email(email) != existing.email_normalized or email != existing.email:
+            if email_free:
+                wanted["email"] = email
+            else:
+                plan.warnings.append(
+                    f"{user.dn or user.external_id}: email {email} is used by another user;"
+                    f" kept {existing.email}"
+                )
+    current = asdict(existing)
+    values = {k: v for k, v in wanted.items() if current[k] != v}
+    before = {k: current[k] for k in values}
+    if existing.state is UserState.PRESERVED:
+        plan.changes.append(
+            _with(base, action=Action.REACTIVATE, reason="back", values=values, before=before)
+        )
+    elif values:
+        plan.changes.append(_with(base, action=Action.UPDATE, values=values, before=before))
+    else:
+        plan.unchanged += 1
+
+
+def _preserve_or_leave(
+    plan: Plan, directory: Directory, external_id: str, existing: _Owned, reason: str
+) -> None:
+    if directory.auto_preserve:
+        plan.changes.append(
+            Change(
+                Action.PRESERVE,
+                external_id,
+                existing.email,
+                existing.dn or "",
+                reason=reason,
+                user_id=existing.id,
+            )
+        )
+    else:
+        plan.unchanged += 1
+
+
+def _create(
+    directory: Directory,
+    user: SourceUser,
+    email: str,
+    mapping: CompiledMapping,
+    profile_quota: dict[int, tuple[int, str]],
+) -> Change:
+    if mapping.quota_value is not None:
+        quota = (mapping.quota_value, mapping.quota_unit or "GB")
+    else:
+        quota = profile_quota.get(mapping.profile_id, (0, "GB"))
+    values = {
+        "email": email,
+        "username": user.username,
+        "display_name": user.display_name,
+        "profile_id": mapping.profile_id,
+        "storage_region_id": mapping.storage_region_id,
+        "quota_value": quota[0],
+        "quota_unit": quota[1],
+        "external_id": user.external_id,
+        "dn": user.dn or None,
+        "upn": user.upn or None,
+    }
+    return Change(
+        Action.CREATE,
+        user.external_id,
+        email,
+        user.dn,
+        reason="new",
+        mapping_id=mapping.mapping_id,
+        values=values,
+    )
+
+
+def _deployment_row(
+    directory: Directory, mapping: CompiledMapping, user: SourceUser
+) -> dict[str, Any]:
+    return {
+        "directory_id": directory.id,
+        "mapping_id": mapping.mapping_id,
+        "external_id": user.external_id,
+        "dn": user.dn,
+        "email": normalize_email(user.email) if user.email else "",
+        "upn": (user.upn or "").lower(),
+        "sam_account_name": (user.sam_account_name or user.username).lower(),
+        "domain": user.domain.lower(),
+        "netbios_domain": str(directory.settings.get("netbios_domain", "")).lower(),
+        "display_name": user.display_name,
+    }
+
+
+def _with(change: Change, **fields: Any) -> Change:
+    data = {k: getattr(change, k) for k in change.__dataclass_fields__}
+    return Change(**(data | fields))
+
+
+def _hold_reason(directory: Directory, plan: Plan) -> str | None:
+    preserving = plan.count(Action.PRESERVE)
+    if preserving > directory.hold_above_count:
+        return (
+            f"the sync would preserve {preserving} users,"
+            f" more than the threshold of {directory.hold_above_count}"
+        )
+    if plan.owned_active and preserving * 100 / plan.owned_active > directory.hold_above_percent:
+        share = preserving * 100 / plan.owned_active
+        return (
+            f"the sync would preserve {preserving} of {plan.owned_active} users ({share:.1f} %),"
+            f" more than the threshold of {directory.hold_above_percent:g} %"
+        )
+    return None
+
+
+# Applying -------------------------------------------------------------------------------------
+
+
+def apply_plan(session: Session, actor: Actor, plan: Plan) -> None:
+    """Write the plan in bulk in the caller's transaction, auditing every change.
+
+    State changes re-check the state they expect (a held plan may be applied later), so a
+    user an admin restored or preserved meanwhile is not overridden.
+    """
+    session.execute(select(Directory.id).where(Directory.id == plan.directory_id).with_for_update())
+    now = utcnow()
+    audit: list[dict[str, Any]] = []
+    by_action: dict[Action, list[Change]] = {a: [] for a in Action}
+    for change in plan.changes:
+        by_action[change.action].append(change)
+
+    for chunk in _chunks(by_action[Action.PRESERVE]):
+        session.execute(
+            update(User)
+            .where(
+                User.id.in_([c.user_id for c in chunk]),
+                User.state == UserState.ACTIVE,
+                User.source == plan.source,
+            )
+            .values(
+                state=UserState.PRESERVED,
+                preserved_by=plan.source,
+                state_changed_at=now,
+                updated_at=now,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        audit.extend(
+            {
+                "action": "user.preserve",
+                "target_type": "user",
+                "target_id": c.user_id,
+                "before": {"state": "active"},
+                "after": {"state": "preserved", "preserved_by": plan.source, "reason": c.reason},
+            }
+            for c in chunk
+        )
+
+    for chunk in _chunks(by_action[Action.REACTIVATE]):
+        session.execute(
+            update(User)
+            .where(
+                User.id.in_([c.user_id for c in chunk]),
+                User.state == UserState.PRESERVED,
+                User.preserved_by == plan.source,
+            )
+            .values(state=UserState.ACTIVE, preserved_by=None, state_changed_at=now, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        audit.extend(
+            {
+                "action": "user.restore",
+                "target_type": "user",
+                "target_id": c.user_id,
+                "before": {"state": "preserved", "preserved_by": plan.source},
+                "after": {"state": "active", "reason": "back at the source"},
+            }
+            for c in chunk
+        )
+
+    updates = [c for c in by_action[Action.UPDATE] + by_action[Action.REACTIVATE] if c.values]
+    _write_updates(session, updates, now)
+    audit.extend(
+        {
+            "action": "user.update",
+            "target_type": "user",
+            "target_id": c.user_id,
+            "before": c.before,
+            "after": c.values,
+        }
+        for c in updates
+    )
+
+    creates = by_action[Action.CREATE]
+    if creates:
+        audit.extend(_insert_users(session, plan.source, creates, now))
+    if plan.deployment is not None:
+        _refresh_deployment_cache(session, plan.directory_id, plan.deployment, now)
+    record_many(session, actor, audit)
+
+
+def _write_updates(session: Session, updates: list[Change], now: Any) -> None:
+    renames = [c for c in updates if "email" in c.values]
+    # Two steps for renames so that swapping addresses between users never trips uniqueness.
+    if renames:
+        session.execute(
+            update(User).execution_options(synchronize_session=False),
+            [{"id": c.user_id, "email_normalized": f"~sync~{c.user_id}"} for c in renames],
+        )
+    by_keys: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for change in updates:
+        row = dict(change.values)
+        if "email" in row:
+            row["email_normalized"] = normalize_email(row["email"])
+        row |= {"id": change.user_id, "updated_at": now}
+        by_keys.setdefault(tuple(sorted(row)), []).append(row)
+    for rows in by_keys.values():
+        session.execute(update(User).execution_options(synchronize_session=False), rows)
+
+
+def _insert_users(
+    session: Session, source: str, creates: list[Change], now: Any
+) -> list[dict[str, Any]]:
+    rows = [
+        c.values
+        | {
+            "email_normalized": normalize_email(c.values["email"]),
+            "source": source,
+            "state": UserState.ACTIVE,
+            "created_at": now,
+            "updated_at": now,
+            "state_changed_at": now,
+        }
+        for c in creates
+    ]
+    audit: list[dict[str, Any]] = []
+    try:
+        for chunk in _chunks(rows, 1000):
+            result = session.execute(insert(User).returning(User.id, User.external_id), chunk)
+            ids = {ext: uid for uid, ext in result}
+            audit.extend(
+                {
+                    "action": "user.create",
+                    "target_type": "user",
+                    "target_id": ids[row["external_id"]],
+                    "after": {k: v for k, v in row.items() if k not in _AUDIT_SKIP}
+                    | {
+                        "quota_unit": str(row["quota_unit"]),
+                        "state": "active",
+                    },
+                }
+                for row in chunk
+            )
+    except IntegrityError:
+        raise Conflict(
+            "another change created one of these users meanwhile; run the sync again",
+            code="sync_conflict",
+        ) from None
+    return audit
+
+
+_AUDIT_SKIP = {"email_normalized", "created_at", "updated_at", "state_changed_at", "state"}
+
+
+def _refresh_deployment_cache(
+    session: Session, directory_id: int, rows: list[dict[str, Any]], now: Any
+) -> None:
+    """Bring the cache to ``rows`` by difference: unchanged rows are not rewritten."""
+    columns = [c for c in rows[0] if c != "directory_id"] if rows else []
+    table = DeploymentCacheEntry.__table__
+    current = {
+        row.external_id: row
+        for row in session.execute(
+            select(table).where(table.c.directory_id == directory_id)
+        ).mappings()
+    }
+    wanted = {r["external_id"]: r for r in rows}
+    gone = [current[e]["id"] for e in current.keys() - wanted.keys()]
+    changed = [
+        r for e, r in wanted.items() if e in current and any(current[e][c] != r[c] for c in columns)
+    ]
+    for chunk in _chunks(gone + [current[r["external_id"]]["id"] for r in changed]):
+        session.execute(delete(DeploymentCacheEntry).where(DeploymentCacheEntry.id.in_(chunk)))
+    fresh = [r | {"updated_at": now} for e, r in wanted.items() if e not in current]
+    fresh += [r | {"updated_at": now} for r in changed]
+    for chunk in _chunks(fresh, 1000):
+        session.execute(insert(DeploymentCacheEntry), chunk)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[list[Any]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+# Running, holding, confirming -------------------------------------------------------------
+
+
+Fetch = Callable[[], FetchResult]
+
+
+def run_sync(
+    factory: sessionmaker[Session],
+    actor: Actor,
+    directory_id: int,
+    fetch: Fetch,
+    *,
+    dry_run: bool = False,
+    trigger: str = "manual",
+    complete: bool = True,
+) -> SyncRun:
+    """Fetch, plan and apply (or hold, or only report for a dry run), recording a SyncRun.
+
+    A failed fetch or apply changes no user: the run is marked failed with the reason and a
+    ``directory.sync_failed`` alert is raised. Returns the finished run.
+    """
+    with transaction(factory) as session:
+        directory = _directory(session, directory_id)
+        run = SyncRun(directory_id=directory_id, dry_run=dry_run, trigger=trigger, actor=actor.name)
+        session.add(run)
+        session.flush()
+        run_id, subject = run.id, directory.source
+    started = time.monotonic()
+    try:
+        fetched = fetch()
+        with transaction(factory) as session:
+            directory = _directory(session, directory_id)
+            plan = plan_sync(
+                session,
+                directory,
+                fetched.users,
+                group_parents=fetched.group_parents,
+                complete=complete,
+            )
+            plan.warnings[:0] = fetched.warnings
+            run = _finish(session, run_id, plan, started)
+            if dry_run:
+                run.status = SyncStatus.DRY_RUN
+            elif plan.hold_reason:
+                run.status = SyncStatus.HELD
+                run.held_reason = plan.hold_reason
+                run.held_plan = plan.to_json()
+                raise_alert(
+                    session,
+                    "directory.sync_held",
+                    subject,
+                    Severity.WARNING,
+                    f"sync of directory {directory.name!r} held: {plan.hold_reason}",
+                    {"directory_id": directory_id, "sync_run_id": run_id},
+                )
+            else:
+                apply_plan(session, actor, plan)
+                _succeeded(session, directory, run, plan)
+        return run
+    except Exception as exc:
+        detail = exc.detail if isinstance(exc, FleetkeepError) else f"{type(exc).__name__}: {exc}"
+        with transaction(factory) as session:
+            directory = _directory(session, directory_id)
+            run = _finish(session, run_id, None, started)
+            run.status = SyncStatus.FAILED
+            run.errors = 1
+            run.error = detail
+            raise_alert(
+                session,
+                "directory.sync_failed",
+                subject,
+                Severity.CRITICAL,
+                f"sync of directory {directory.name!r} failed, nothing changed: {detail}",
+                {"directory_id": directory_id, "sync_run_id": run_id},
+            )
+        return run
+
+
+def confirm_sync(session: Session, actor: Actor, run_id: int) -> SyncRun:
+    """Apply a held plan. Only the newest sync of the directory can be confirmed."""
+    run = session.get(SyncRun, run_id)
+    if run is None:
+        raise NotFound(f"sync run {run_id} does not exist")
+    if run.status is not SyncStatus.HELD or run.held_plan is None:
+        raise Conflict(f"sync run {run_id} is {run.status}, not held", code="not_held")
+    newer = session.scalar(
+        select(SyncRun.id).where(
+            SyncRun.directory_id == run.directory_id,
+            SyncRun.id > run.id,
+            SyncRun.dry_run.is_(False),
+            SyncRun.status.in_([SyncStatus.SUCCEEDED, SyncStatus.HELD, SyncStatus.CONFIRMED]),
+        )
+    )
+    if newer is not None:
+        run.status = SyncStatus.SUPERSEDED
+        raise Conflict(
+            f"sync run {run_id} was superseded by run {newer}; confirm that one instead",
+            code="superseded",
+        )
+    directory = _directory(session, run.directory_id)
+    plan = Plan.from_json(run.held_plan)
+    apply_plan(session, actor, plan)
+    _succeeded(session, directory, run, plan)
+    run.status = SyncStatus.CONFIRMED
+    run.confirmed_by = actor.name
+    return run
+
+
+def _directory(session: Session, directory_id: int) -> Directory:
+    directory = session.get(Directory, directory_id)
+    if directory is None:
+        raise NotFound(f"directory {directory_id} does not exist")
+    return directory
+
+
+def _finish(session: Session, run_id: int, plan: Plan | None, started: float) -> SyncRun:
+    run = session.get(SyncRun, run_id)
+    assert run is not None
+    run.finished_at = utcnow()
+    run.duration_ms = int((time.monotonic() - started) * 1000)
+    if plan is not None:
+        run.seen = plan.seen
+        run.created = plan.count(Action.CREATE)
+        run.updated = plan.count(Action.UPDATE)
+        run.preserved = plan.count(Action.PRESERVE)
+        run.reactivated = plan.count(Action.REACTIVATE)
+        run.skipped = plan.count(Action.SKIP)
+        run.report = plan.report()
+    return run
+
+
+def _succeeded(session: Session, directory: Directory, run: SyncRun, plan: Plan) -> None:
+    run.status = SyncStatus.SUCCEEDED
+    run.held_plan = None
+    directory.last_sync_at = utcnow()
+    session.execute(
+        update(SyncRun)
+        .where(
+            SyncRun.directory_id == directory.id,
+            SyncRun.id < run.id,
+            SyncRun.status == SyncStatus.HELD,
+        )
+        .values(status=SyncStatus.SUPERSEDED, held_plan=None)
+    )
+    resolve_alert(session, "directory.sync_failed", directory.source)
+    resolve_alert(session, "directory.sync_held", directory.source)
+
+
+# Deployment lookups -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DeploymentCandidate:
+    """A user who may activate a device, and what the matching deployment mapping gives."""
+
+    directory_id: int
+    mapping_id: int
+    external_id: str
+    dn: str
+    email: str
+    upn: str
+    sam_account_name: str
+    domain: str
+    display_name: str
+    profile_id: int
+    storage_region_id: int
+    quota_value: int | None
+    quota_unit: str | None
+
+
+class AmbiguousUser(Conflict):
+    code = "ambiguous_user"
+
+
+def find_deployment_candidate(
+    session: Session,
+    *,
+    username: str | None = None,
+    domain: str | None = None,
+    upn: str | None = None,
+    email: str | None = None,
+) -> DeploymentCandidate | None:
+    """Look a user up in the deployment cache by email, UPN, or username (+ domain).
+
+    ``username`` may be ``DOMAIN\\user`` or ``user@domain``; ``domain`` matches the DNS
+    domain or the NetBIOS name. Raises ``AmbiguousUser`` when several entries match.
+    """
+    entry = DeploymentCacheEntry
+    conditions = []
+    if email:
+        conditions.append(entry.email == normalize_email(email))
+    if upn:
+        conditions.append(entry.upn == upn.strip().lower())
+    if username:
+        name = username.strip()
+        if "\\" in name:
+            domain, _, name = name.partition("\\")
+        elif "@" in name:
+            name, _, domain = name.partition("@")
+        account = entry.sam_account_name == name.lower()
+        if domain:
+            wanted = domain.strip().lower()
+            account = and_(account, or_(entry.domain == wanted, entry.netbios_domain == wanted))
+        conditions.append(account)
+    if not conditions:
+        raise InvalidInput("give an email, a UPN or a username", field="username")
+    rows = session.execute(
+        select(entry, Mapping)
+        .join(Mapping, Mapping.id == entry.mapping_id)
+        .join(Directory, Directory.id == entry.directory_id)
+        .where(or_(*conditions), Directory.enabled.is_(True))
+        .order_by(entry.directory_id, entry.id)
+    ).all()
+    if not rows:
+        return None
+    distinct = {(row[0].directory_id, row[0].external_id) for row in rows}
+    if len(distinct) > 1:
+        raise AmbiguousUser(
+            f"{len(distinct)} directory entries match; give the full UPN or email",
+            candidates=[row[0].dn for row in rows][:10],
+        )
+    cached, mapping = rows[0]
+    return DeploymentCandidate(
+        cached.directory_id,
+        cached.mapping_id,
+        cached.external_id,
+        cached.dn,
+        cached.email,
+        cached.upn,
+        cached.sam_account_name,
+        cached.domain,
+        cached.display_name,
+        mapping.profile_id,
+        mapping.storage_region_id,
+        mapping.quota_value,
+        None if mapping.quota_unit is None else str(mapping.quota_unit),
+    )
+
+
+def due_directories(session: Session, kinds: Iterable[str]) -> list[int]:
+    """Enabled directories of these kinds whose sync interval has elapsed since the last run."""
+    now = utcnow()
+    due = []
+    for directory in session.scalars(
+        select(Directory).where(Directory.enabled.is_(True), Directory.kind.in_(list(kinds)))
+    ):
+        last = session.scalar(
+            select(SyncRun.started_at)
+            .where(SyncRun.directory_id == directory.id, SyncRun.dry_run.is_(False))
+            .order_by(SyncRun.id.desc())
+            .limit(1)
+        )
+        if last is None or (now - last).total_seconds() >= directory.sync_interval_hours * 3600:
+            due.append(directory.id)
+    return due
