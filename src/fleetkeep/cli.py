@@ -13,7 +13,10 @@ from fleetkeep.admins import service as admins
 from fleetkeep.admins.cli import admins_app, read_password, tokens_app
 from fleetkeep.admins.models import Role
 from fleetkeep.clikit import actor, console, db, engine, fail, handles_errors, settings
+from fleetkeep.connector.cli import connector_app
 from fleetkeep.identity.cli import profiles_app, regions_app, users_app
+from fleetkeep.keys.cli import keys_app
+from fleetkeep.keys.service import init_keys
 from fleetkeep.ops_cli import alerts_app, audit, db_app, jobs_app
 
 app = typer.Typer(
@@ -29,6 +32,8 @@ app.add_typer(tokens_app, name="api-tokens")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
+app.add_typer(keys_app, name="keys")
+app.add_typer(connector_app, name="key-connector")
 app.command("audit")(audit)
 
 
@@ -55,6 +60,7 @@ def init(
     engine()
     password = read_password(password_stdin) or os.environ.get("FLEETKEEP_ADMIN_PASSWORD")
     with db() as session:
+        init_keys(session, cfg)  # the local key file (mode 0600) and key version 1
         if admins.count_admins(session):
             console.print(
                 f"already initialised: {cfg.data_dir} (database {_safe_url(cfg.database_url)})"

@@ -6,5 +6,6 @@ from fleetkeep.audit import models as audit_models
 from fleetkeep.directories import models as directories_models  # noqa: F401
 from fleetkeep.identity import models as identity_models
 from fleetkeep.jobs import models as jobs_models
+from fleetkeep.keys import models as keys_models  # noqa: F401
 
 __all__ = ["admins_models", "alerts_models", "audit_models", "identity_models", "jobs_models"]

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     listen_port: int = Field(default=8080, ge=1, le=65535)
     public_url: str = ""
     key_file: Path | None = None
+    key_cache_seconds: float = Field(default=300.0, ge=0)  # unwrapped DEKs kept in memory
+    key_rotation_days: int = Field(default=90, ge=0)  # 0 = no scheduled rotation
+    key_request_timeout: float = Field(default=5.0, gt=0)  # per key connector request
     blob_store_url: str = ""
     log_level: str = "INFO"
     log_format: str = Field(default="json", pattern="^(json|text)$")

@@ -18,6 +18,8 @@ from fleetkeep.identity import api as identity_api
 from fleetkeep.jobs import api as jobs_api
 from fleetkeep.jobs.registry import builtin_jobs
 from fleetkeep.jobs.scheduler import Scheduler
+from fleetkeep.keys import api as keys_api
+from fleetkeep.keys import endpoint as keys_endpoint
 from fleetkeep.observability import Metrics
 from fleetkeep.settings import Settings
 from fleetkeep.web import health, problems
@@ -32,9 +34,10 @@ ADMIN_ROUTERS: list[APIRouter] = [
     audit_api.router,
     alerts_api.router,
     jobs_api.router,
+    keys_api.router,
 ]
 # Routers mounted as they are (they carry their own auth: device tokens, SCIM tokens …).
-OTHER_ROUTERS: list[APIRouter] = [health.router, console_views.router]
+OTHER_ROUTERS: list[APIRouter] = [health.router, console_views.router, keys_endpoint.router]
 # Larger body limits for upload routes, by path prefix.
 BODY_LIMITS: dict[str, int] = {}
 
