@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     login_max_failures: int = Field(default=5, ge=1)
     login_lockout_seconds: int = Field(default=900, ge=1)
     session_hours: int = Field(default=12, ge=1)
+    activation_max_failures: int = Field(default=20, ge=1)
+    activation_max_failures_per_token: int = Field(default=100, ge=1)
+    activation_failure_window_seconds: int = Field(default=600, ge=1)
+    device_inactive_days: int = Field(default=30, ge=1)
     job_intervals: dict[str, float] = Field(default_factory=dict)
     job_tick_seconds: float = Field(default=1.0, gt=0)
 

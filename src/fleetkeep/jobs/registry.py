@@ -8,6 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleetkeep.audit.service import SYSTEM
 from fleetkeep.db import transaction
+from fleetkeep.deployment.jobs import deployment_jobs
 from fleetkeep.identity.service import purge_deleted_users
 from fleetkeep.jobs.scheduler import Job
 from fleetkeep.keys.jobs import key_jobs
@@ -19,7 +20,11 @@ def builtin_jobs(settings: Settings) -> list[Job]:
         with transaction(factory) as session:
             purge_deleted_users(session, SYSTEM, settings.user_retention_days)
 
-    jobs = [Job("purge-deleted-users", timedelta(hours=6), purge), *key_jobs(settings)]
+    jobs = [
+        Job("purge-deleted-users", timedelta(hours=6), purge),
+        *key_jobs(settings),
+        *deployment_jobs(settings),
+    ]
     return [_with_interval(job, settings) for job in jobs]
 
 

@@ -14,6 +14,8 @@ from fleetkeep.alerts import api as alerts_api
 from fleetkeep.audit import api as audit_api
 from fleetkeep.console import views as console_views
 from fleetkeep.db import make_engine, make_sessionmaker
+from fleetkeep.deployment import api as deployment_api
+from fleetkeep.deployment import device_api
 from fleetkeep.identity import api as identity_api
 from fleetkeep.jobs import api as jobs_api
 from fleetkeep.jobs.registry import builtin_jobs
@@ -35,11 +37,17 @@ ADMIN_ROUTERS: list[APIRouter] = [
     alerts_api.router,
     jobs_api.router,
     keys_api.router,
+    deployment_api.router,
 ]
 # Routers mounted as they are (they carry their own auth: device tokens, SCIM tokens …).
-OTHER_ROUTERS: list[APIRouter] = [health.router, console_views.router, keys_endpoint.router]
+OTHER_ROUTERS: list[APIRouter] = [
+    health.router,
+    console_views.router,
+    keys_endpoint.router,
+    device_api.router,
+]
 # Larger body limits for upload routes, by path prefix.
-BODY_LIMITS: dict[str, int] = {}
+BODY_LIMITS: dict[str, int] = {"/api/v1/device-mappings": 32 * 1024 * 1024}
 
 
 def create_app(

@@ -1,0 +1,1 @@
+"""Mass deployment: tokens, activation (IMD v2/v4/v5, auth keys), devices, replacement, MDM."""

@@ -1,0 +1,694 @@
+"""Activation: which user a device belongs to, whether it may join, and the device it becomes.
+
+Modes, tried in this order (the first that applies decides):
+
+* ``auth-key``   a one-time key made for one user (no deployment token needed);
+* ``imd-v4``     a row of an uploaded device-mapping CSV names this device's serial/UUID/hostname;
+* ``imd-v2``     username + domain (Active Directory), found in a deployment mapping's cache;
+                 optionally proven by an LDAP bind with the user's password;
+* ``imd-v5``     UPN (Entra ID): an existing user with that UPN, else the deployment cache;
+* ``email``      an existing, active user with that email (mobile MDM and plain installs).
+
+``decide`` does every read and raises ``ActivationRefused`` at the first rule that refuses,
+appending each step to a trace; ``activate`` applies the decision and ``explain`` replays it
+for an admin. One rule, one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from fleetkeep.alerts.service import raise_alert
+from fleetkeep.audit.service import Actor, record
+from fleetkeep.db import utcnow
+from fleetkeep.deployment import tokens
+from fleetkeep.deployment.authkeys import check_auth_key, consume_auth_key
+from fleetkeep.deployment.devices import COUNTED_STATES, DEVICE_TOKEN_PREFIX
+from fleetkeep.deployment.directory import (
+    DirectoryCandidate,
+    find_candidate,
+    verify_password,
+)
+from fleetkeep.deployment.errors import ActivationRefused
+from fleetkeep.deployment.mappings import normalize_identifier
+from fleetkeep.deployment.models import (
+    ActivationFailure,
+    AuthKey,
+    DeploymentToken,
+    Device,
+    DeviceMapping,
+    DeviceState,
+    IdentifierType,
+    Platform,
+    RestoreScope,
+)
+from fleetkeep.deployment.replacement import link_replacement
+from fleetkeep.errors import RateLimited
+from fleetkeep.identity.models import User, UserState
+from fleetkeep.identity.service import create_user, normalize_email
+from fleetkeep.settings import Settings
+from fleetkeep.tokens import new_token
+
+log = logging.getLogger("fleetkeep.deployment")
+
+
+@dataclass(frozen=True)
+class ActivationRequest:
+    """What a device tells the server; secrets (token, key, password) are never logged."""
+
+    hostname: str
+    platform: Platform
+    token: str | None = None
+    auth_key: str | None = None
+    email: str | None = None
+    upn: str | None = None
+    username: str | None = None
+    domain: str | None = None
+    password: str | None = None
+    serial_number: str = ""
+    hardware_uuid: str = ""
+    os: str = ""
+    agent_version: str = ""
+    device_name: str = ""
+    os_username: str = ""
+    home_dir: str = ""
+    source: str = "unknown"
+
+    @property
+    def serial_key(self) -> str | None:
+        return self.serial_number.strip().upper() or None
+
+    @property
+    def uuid_key(self) -> str | None:
+        return self.hardware_uuid.strip().lower() or None
+
+    def public_view(self) -> dict[str, Any]:
+        return {
+            "hostname": self.hostname,
+            "platform": str(self.platform),
+            "email": self.email,
+            "upn": self.upn,
+            "username": self.username,
+            "domain": self.domain,
+            "serial_number": self.serial_number,
+            "hardware_uuid": self.hardware_uuid,
+            "with_password": self.password is not None,
+            "with_auth_key": self.auth_key is not None,
+        }
+
+
+@dataclass(frozen=True)
+class Step:
+    rule: str
+    outcome: str  # "pass", "match", "skip" or "refuse"
+    detail: str
+
+
+@dataclass
+class Decision:
+    mode: str = ""
+    user: User | None = None
+    candidate: DirectoryCandidate | None = None
+    token: DeploymentToken | None = None
+    auth_key: AuthKey | None = None
+    mapping: DeviceMapping | None = None
+    existing: Device | None = None
+    replaces: Device | None = None
+    scope: RestoreScope = RestoreScope.ALL
+    steps: list[Step] = field(default_factory=list)
+
+    def note(self, rule: str, outcome: str, detail: str) -> None:
+        self.steps.append(Step(rule, outcome, detail))
+
+    def refuse(self, rule: str, code: str, reason: str, **extra: Any) -> ActivationRefused:
+        self.steps.append(Step(rule, "refuse", f"{code}: {reason}"))
+        return ActivationRefused(code, reason, **extra)
+
+
+@dataclass(frozen=True)
+class Activation:
+    device: Device
+    device_token: str
+    mode: str
+    reactivated: bool
+    restore_plan_id: int | None
+
+
+PasswordCheck = Callable[[Session, DirectoryCandidate, str], None]
+
+
+# Deciding ------------------------------------------------------------------------------------
+
+
+def decide(
+    session: Session,
+    req: ActivationRequest,
+    decision: Decision,
+    *,
+    check_password: PasswordCheck | None = verify_password,
+    credentials: bool = True,
+) -> Decision:
+    """Resolve credentials, user and device identity; raises at the first refusing rule.
+
+    ``credentials=False`` (explain without a token) skips the token/auth-key rule.
+    """
+    if credentials:
+        _credentials(session, req, decision)
+    else:
+        decision.note("token", "skip", "no token given; token rules not checked")
+    _user(session, req, decision, check_password)
+    _scope(decision)
+    _device(session, req, decision)
+    return decision
+
+
+def _credentials(session: Session, req: ActivationRequest, d: Decision) -> None:
+    if req.auth_key:
+        try:
+            d.auth_key = check_auth_key(session, req.auth_key)
+        except ActivationRefused as exc:
+            d.note("auth key", "refuse", f"{exc.code}: {exc.detail}")
+            raise
+        d.note(
+            "auth key", "pass", f"one-time key {d.auth_key.prefix}… of user {d.auth_key.user_id}"
+        )
+        return
+    if not req.token:
+        raise d.refuse("token", "token_missing", "send a deployment token or a one-time auth key")
+    try:
+        d.token = tokens.check_token(session, req.token)
+    except ActivationRefused as exc:
+        d.note("token", "refuse", f"{exc.code}: {exc.detail}")
+        raise
+    d.note("token", "pass", f"deployment token {d.token.id} ({d.token.label!r}) is live")
+
+
+def _user(
+    session: Session, req: ActivationRequest, d: Decision, check_password: PasswordCheck | None
+) -> None:
+    if d.auth_key is not None:
+        d.mode = "auth-key"
+        d.user = session.get(User, d.auth_key.user_id)
+    elif (mapping := _device_mapping(session, req)) is not None:
+        d.mode, d.mapping = "imd-v4", mapping
+        d.user = session.get(User, mapping.user_id)
+        d.note(
+            "device mapping",
+            "match",
+            f"mapping row {mapping.id} ({mapping.identifier_type} {mapping.identifier}) "
+            f"→ {mapping.email}",
+        )
+    elif req.username and req.domain:
+        d.mode = "imd-v2"
+        _directory_user(session, d, "username", req.username, req.domain)
+        if d.candidate is not None and req.password is not None and check_password is not None:
+            check_password(session, d.candidate, req.password)
+            d.note("password", "pass", "LDAP bind with the given password succeeded")
+    elif req.upn:
+        d.mode = "imd-v5"
+        d.user = session.scalar(select(User).where(func.lower(User.upn) == req.upn.lower()))
+        if d.user is None:
+            _directory_user(session, d, "upn", req.upn, None)
+        else:
+            d.note("user", "match", f"user {d.user.id} has UPN {req.upn}")
+    elif req.email:
+        d.mode = "email"
+        d.user = session.scalar(
+            select(User).where(User.email_normalized == normalize_email(req.email))
+        )
+    else:
+        raise d.refuse(
+            "identity",
+            "identity_missing",
+            "send an email, a UPN, or a username and domain (or a device listed in a mapping)",
+        )
+    if d.user is None and d.candidate is None:
+        who = req.email or req.upn or (f"{req.domain}\\{req.username}" if req.username else "")
+        raise d.refuse("user", "user_not_found", f"no user matches {who!r}")
+    if d.user is not None:
+        _user_state(req, d, d.user)
+
+
+def _directory_user(session: Session, d: Decision, by: str, value: str, domain: str | None) -> None:
+    """IMD v2/v5: the user comes from a deployment mapping's cache of the last directory sync."""
+    candidate = find_candidate(session, by=by, value=value, domain=domain)
+    if candidate is None:
+        label = f"{domain}\\{value}" if domain else value
+        raise d.refuse(
+            "deployment cache",
+            "user_not_found",
+            f"{label} is in no deployment mapping of any directory (as of the last sync)",
+        )
+    d.note(
+        "deployment cache",
+        "match",
+        f"{candidate.email} via mapping {candidate.mapping_id} of directory "
+        f"{candidate.directory_id}",
+    )
+    d.candidate = candidate
+    d.user = session.scalar(
+        select(User).where(User.email_normalized == normalize_email(candidate.email))
+    )
+    if d.user is not None:
+        d.note("user", "match", f"existing user {d.user.id} ({d.user.email})")
+    else:
+        d.note("user", "pass", f"user {candidate.email} will be created from the mapping")
+
+
+def _user_state(req: ActivationRequest, d: Decision, user: User) -> None:
+    if user.state is UserState.PRESERVED:
+        raise d.refuse(
+            "user", "user_preserved", f"user {user.email} is preserved and cannot add devices"
+        )
+    if user.state is UserState.DELETED:
+        raise d.refuse("user", "user_deleted", f"user {user.email} was deleted")
+    if req.email and normalize_email(req.email) != user.email_normalized:
+        raise d.refuse(
+            "email",
+            "email_mismatch",
+            f"the device says {req.email} but the {d.mode} match is {user.email}",
+        )
+    d.note("user", "pass", f"user {user.id} ({user.email}) is active")
+
+
+def _scope(d: Decision) -> None:
+    if d.token is None or not d.token.profile_ids:
+        return
+    profile_id = d.user.profile_id if d.user is not None else _candidate_profile(d)
+    if profile_id not in d.token.profile_ids:
+        raise d.refuse(
+            "token scope",
+            "profile_not_allowed",
+            f"deployment token {d.token.label!r} may not activate devices into profile "
+            f"{profile_id}",
+        )
+    d.note("token scope", "pass", f"profile {profile_id} is in the token's scope")
+
+
+def _candidate_profile(d: Decision) -> int:
+    assert d.candidate is not None
+    return d.candidate.profile_id
+
+
+def _device(session: Session, req: ActivationRequest, d: Decision) -> None:
+    existing = _same_hardware(session, req)
+    user_id = d.user.id if d.user is not None else None
+    if existing is not None and existing.user_id != user_id:
+        raise d.refuse(
+            "device identity",
+            "device_claimed",
+            f"serial/UUID of this device belongs to device {existing.id} of another user",
+        )
+    if existing is None and user_id is not None and not (req.serial_key or req.uuid_key):
+        existing = session.scalar(
+            select(Device).where(
+                Device.user_id == user_id,
+                func.lower(Device.hostname) == req.hostname.lower(),
+                Device.state != DeviceState.DECOMMISSIONED,
+                Device.serial_key.is_(None),
+                Device.uuid_key.is_(None),
+            )
+        )
+    if existing is not None and existing.state is DeviceState.DISABLED:
+        raise d.refuse("device identity", "device_disabled", f"device {existing.id} is disabled")
+    if existing is not None and existing.state is DeviceState.PENDING_REPLACEMENT:
+        # The same hardware came back (re-imaged): it replaces its former self.
+        d.replaces, d.scope = existing, existing.replacement_scope or RestoreScope.ALL
+        d.note(
+            "replacement", "match", f"same hardware as device {existing.id}, marked for replacement"
+        )
+        existing = None
+    if existing is not None:
+        d.existing = existing
+        d.note("device identity", "match", f"already device {existing.id}: re-activation")
+        return
+    if user_id is None:
+        d.note("device limit", "pass", "a new user has no devices yet")
+        return
+    if d.replaces is None:
+        _find_replaced(session, d, user_id)
+    limit = d.user.profile.max_devices_per_user if d.user is not None else 0
+    counted = (
+        session.scalar(
+            select(func.count())
+            .select_from(Device)
+            .where(Device.user_id == user_id, Device.state.in_(COUNTED_STATES))
+        )
+        or 0
+    )
+    if counted >= limit:
+        raise d.refuse(
+            "device limit",
+            "device_limit_reached",
+            f"user {d.user.email if d.user else user_id} already has {counted} device(s); "
+            f"the profile allows {limit}",
+            limit=limit,
+        )
+    d.note("device limit", "pass", f"{counted} of {limit} devices in use")
+
+
+def _find_replaced(session: Session, d: Decision, user_id: int) -> None:
+    if d.mapping is not None and d.mapping.old_device_name:
+        name = d.mapping.old_device_name.lower()
+        old = session.scalar(
+            select(Device).where(
+                Device.user_id == user_id,
+                Device.state != DeviceState.DECOMMISSIONED,
+                (func.lower(Device.name) == name) | (func.lower(Device.hostname) == name),
+            )
+        )
+        if old is not None:
+            d.replaces = old
+            d.scope = d.mapping.restore_scope or RestoreScope.ALL
+            d.note("replacement", "match", f"mapping row names old device {old.id} ({old.name})")
+            return
+        d.note("replacement", "skip", f"old device {d.mapping.old_device_name!r} not found")
+    old = session.scalar(
+        select(Device)
+        .where(Device.user_id == user_id, Device.state == DeviceState.PENDING_REPLACEMENT)
+        .order_by(Device.state_changed_at, Device.id)
+    )
+    if old is not None:
+        d.replaces, d.scope = old, old.replacement_scope or RestoreScope.ALL
+        d.note("replacement", "match", f"device {old.id} ({old.name}) is marked for replacement")
+
+
+def _same_hardware(session: Session, req: ActivationRequest) -> Device | None:
+    for column, key in ((Device.uuid_key, req.uuid_key), (Device.serial_key, req.serial_key)):
+        if key:
+            found = session.scalar(select(Device).where(column == key))
+            if found is not None:
+                return found
+    return None
+
+
+def _device_mapping(session: Session, req: ActivationRequest) -> DeviceMapping | None:
+    """An IMD v4 row for this device: unused, or used by the very device now re-activating."""
+    wanted = [
+        (IdentifierType.SERIAL_NUMBER, req.serial_number),
+        (IdentifierType.UUID, req.hardware_uuid),
+        (IdentifierType.HOSTNAME, req.hostname),
+    ]
+    for kind, raw in wanted:
+        if not raw.strip():
+            continue
+        rows = session.scalars(
+            select(DeviceMapping)
+            .where(
+                DeviceMapping.identifier_type == kind,
+                DeviceMapping.identifier == normalize_identifier(kind, raw),
+            )
+            .order_by(DeviceMapping.consumed_at.is_not(None), DeviceMapping.id)
+        )
+        for row in rows:
+            if row.consumed_at is None:
+                return row
+            used_by = session.get(Device, row.device_id) if row.device_id else None
+            if used_by is not None and used_by.state is not DeviceState.DECOMMISSIONED:
+                return row
+    return None
+
+
+@dataclass(frozen=True)
+class Explanation:
+    outcome: str  # "activate", "reactivate" or "refuse"
+    code: str | None
+    reason: str
+    mode: str
+    user_id: int | None
+    user_email: str | None
+    device_id: int | None
+    replaces_device_id: int | None
+    steps: list[Step]
+
+
+def explain(session: Session, req: ActivationRequest) -> Explanation:
+    """Replay the decision for ``req`` without changing anything (no bind, nothing consumed)."""
+    d = Decision()
+    try:
+        decide(session, req, d, check_password=None, credentials=bool(req.token or req.auth_key))
+    except ActivationRefused as exc:
+        return Explanation(
+            "refuse",
+            exc.code,
+            exc.detail,
+            d.mode,
+            d.user.id if d.user else None,
+            d.user.email if d.user else None,
+            None,
+            None,
+            d.steps,
+        )
+    email = d.user.email if d.user else d.candidate.email if d.candidate else None
+    if d.existing is not None:
+        outcome = "reactivate"
+        reason = f"matches device {d.existing.id} ({d.existing.hostname}) of {email}"
+    else:
+        outcome = "activate"
+        reason = f"a new device for {email} via {d.mode}"
+        if d.replaces is not None:
+            reason += f", replacing device {d.replaces.id} ({d.replaces.name}, restore {d.scope})"
+    return Explanation(
+        outcome,
+        None,
+        reason,
+        d.mode,
+        d.user.id if d.user else None,
+        email,
+        d.existing.id if d.existing else None,
+        d.replaces.id if d.replaces else None,
+        d.steps,
+    )
+
+
+# Applying ------------------------------------------------------------------------------------
+
+
+def activate(
+    session: Session,
+    settings: Settings,
+    req: ActivationRequest,
+    *,
+    check_password: PasswordCheck | None = verify_password,
+) -> Activation:
+    """Activate (or re-activate) a device. On refusal everything is rolled back, then the
+    refusal is recorded (audit, rate-limit counter, auth key consumed) for the caller to commit.
+    """
+    _check_rate(session, settings, "source", req.source)
+    decision = Decision()
+    try:
+        try:
+            decide(session, req, decision, check_password=check_password)
+        except ActivationRefused:
+            if decision.token is not None:
+                _check_rate(session, settings, "token", str(decision.token.id))
+            raise
+        if decision.token is not None:
+            _check_rate(session, settings, "token", str(decision.token.id))
+        return _apply(session, settings, req, decision)
+    except ActivationRefused as exc:
+        session.rollback()
+        _record_refusal(session, req, decision, exc)
+        raise
+
+
+def _apply(session: Session, settings: Settings, req: ActivationRequest, d: Decision) -> Activation:
+    actor = Actor(f"device:{req.hostname}", source_ip=req.source)
+    user = d.user if d.user is not None else _create_directory_user(session, actor, d)
+    # One activation per user at a time keeps the device limit exact under concurrency.
+    session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    plain, digest = new_token(DEVICE_TOKEN_PREFIX)
+    reactivated = d.existing is not None
+    device = d.existing or _insert_device(session, req, d, user)
+    if device is None:  # lost a race with a concurrent activation of the same hardware
+        device = _same_hardware(session, req)
+        if device is None or device.user_id != user.id:
+            raise ActivationRefused(
+                "device_claimed", "this device's serial/UUID was just claimed by another user"
+            )
+        reactivated = True
+    _refresh(device, req, d.mode)
+    device.token_hash = digest
+    plan_id = None
+    if d.replaces is not None and not reactivated:
+        plan_id = link_replacement(session, actor, d.replaces, device, d.scope).id
+    if d.mapping is not None and d.mapping.consumed_at is None:
+        d.mapping.consumed_at = utcnow()
+        d.mapping.device_id = device.id
+    if d.auth_key is not None:
+        consume_auth_key(session, d.auth_key)
+    record(
+        session,
+        actor,
+        "device.reactivate" if reactivated else "device.activate",
+        "device",
+        device.id,
+        after={
+            "user_id": user.id,
+            "mode": d.mode,
+            "token_id": d.token.id if d.token else None,
+            "hostname": device.hostname,
+            "serial_number": device.serial_number,
+        },
+    )
+    if d.token is not None:
+        tokens.count_use(session, d.token.id)
+    session.flush()
+    return Activation(device, plain, d.mode, reactivated, plan_id)
+
+
+def _insert_device(
+    session: Session, req: ActivationRequest, d: Decision, user: User
+) -> Device | None:
+    if d.replaces is not None and d.replaces.id is not None:
+        # Release the old hardware keys first: a re-imaged device keeps its serial.
+        d.replaces.serial_key = None
+        d.replaces.uuid_key = None
+        session.flush()
+    device = Device(
+        user_id=user.id,
+        name=req.device_name or req.hostname,
+        hostname=req.hostname,
+        serial_number=req.serial_number,
+        hardware_uuid=req.hardware_uuid,
+        serial_key=req.serial_key,
+        uuid_key=req.uuid_key,
+        platform=req.platform,
+        activation_mode=d.mode,
+        state=DeviceState.ACTIVE,
+    )
+    if d.mapping is not None:
+        device.name = d.mapping.device_name
+    try:
+        with session.begin_nested():
+            session.add(device)
+            session.flush()
+    except IntegrityError:
+        return None
+    return device
+
+
+def _refresh(device: Device, req: ActivationRequest, mode: str) -> None:
+    now = utcnow()
+    device.hostname = req.hostname
+    device.os = req.os
+    device.platform = req.platform
+    device.agent_version = req.agent_version
+    device.os_username = req.os_username
+    device.home_dir = req.home_dir
+    device.activation_mode = mode
+    device.activated_at = now
+    device.last_seen_at = now
+    if device.state is DeviceState.INACTIVE:
+        device.state, device.state_changed_at = DeviceState.ACTIVE, now
+
+
+def _create_directory_user(session: Session, actor: Actor, d: Decision) -> User:
+    """First activation of a directory user: the account gets the mapping's profile/region/quota."""
+    candidate = d.candidate
+    assert candidate is not None
+    fields: dict[str, Any] = {
+        "email": candidate.email,
+        "username": candidate.username,
+        "display_name": candidate.display_name,
+        "profile_id": candidate.profile_id,
+        "storage_region_id": candidate.storage_region_id,
+        "source": candidate.source,
+        "external_id": candidate.external_id,
+        "dn": candidate.dn or None,
+        "upn": candidate.upn or None,
+    }
+    if candidate.quota is not None:
+        fields["quota_value"], fields["quota_unit"] = candidate.quota
+    try:
+        with session.begin_nested():
+            user = create_user(session, actor, **fields)
+    except IntegrityError:
+        # A concurrent first activation of the same user created it; use theirs.
+        found = session.scalar(
+            select(User).where(User.email_normalized == normalize_email(candidate.email))
+        )
+        if found is None:
+            raise
+        user = found
+    d.user = user
+    return user
+
+
+# Refusals and rate limits ---------------------------------------------------------------------
+
+
+def _record_refusal(
+    session: Session, req: ActivationRequest, d: Decision, exc: ActivationRefused
+) -> None:
+    token_id = d.token.id if d.token is not None else exc.extra.get("token_id")
+    session.add(ActivationFailure(source=req.source, token_id=token_id, code=exc.code))
+    if req.auth_key:
+        consume_auth_key(session, None, secret=req.auth_key)
+    record(
+        session,
+        Actor(f"device:{req.hostname}", source_ip=req.source),
+        "device.activation_refused",
+        "device",
+        "",
+        after={"code": exc.code, "reason": exc.detail, "mode": d.mode, **req.public_view()},
+    )
+    log.info("activation refused", extra={"code": exc.code, "source": req.source})
+    session.flush()
+
+
+def _check_rate(session: Session, settings: Settings, kind: str, key: str) -> None:
+    """Too many refusals from one source (or for one token) in the window → 429 and an alert."""
+    window = settings.activation_failure_window_seconds
+    since = utcnow() - timedelta(seconds=window)
+    if kind == "source":
+        limit = settings.activation_max_failures
+        where = ActivationFailure.source == key
+    else:
+        limit = settings.activation_max_failures_per_token
+        where = ActivationFailure.token_id == int(key)
+    failures = (
+        session.scalar(
+            select(func.count())
+            .select_from(ActivationFailure)
+            .where(where, ActivationFailure.at >= since)
+        )
+        or 0
+    )
+    if failures < limit:
+        return
+    raise_alert(
+        session,
+        "activation_brute_force",
+        f"{kind}:{key}",
+        "warning",
+        f"{failures} refused activations from {kind} {key} in {window} s; further attempts are "
+        "refused until the window passes",
+        {"kind": kind, "key": key, "failures": failures, "window_seconds": window},
+    )
+    session.flush()
+    raise RateLimited(
+        f"too many refused activations for this {kind}; try again later",
+        retry_after=window,
+    )
+
+
+def record_invalid_request(session: Session, source: str, errors: list[dict[str, str]]) -> None:
+    """A malformed activation request (oversized or missing fields): audited, counted, no change."""
+    session.add(ActivationFailure(source=source, code="invalid_input"))
+    record(
+        session,
+        Actor(f"device@{source}", source_ip=source),
+        "device.activation_refused",
+        "device",
+        "",
+        after={"code": "invalid_input", "errors": errors},
+    )
