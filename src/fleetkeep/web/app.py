@@ -14,6 +14,7 @@ from fleetkeep.alerts import api as alerts_api
 from fleetkeep.audit import api as audit_api
 from fleetkeep.console import views as console_views
 from fleetkeep.db import make_engine, make_sessionmaker
+from fleetkeep.directories import api as directories_api
 from fleetkeep.deployment import api as deployment_api
 from fleetkeep.deployment import device_api
 from fleetkeep.identity import api as identity_api
@@ -36,6 +37,7 @@ ADMIN_ROUTERS: list[APIRouter] = [
     audit_api.router,
     alerts_api.router,
     jobs_api.router,
+    directories_api.router,
     keys_api.router,
     deployment_api.router,
 ]
