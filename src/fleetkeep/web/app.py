@@ -17,6 +17,8 @@ from fleetkeep.db import make_engine, make_sessionmaker
 from fleetkeep.directories import api as directories_api
 from fleetkeep.deployment import api as deployment_api
 from fleetkeep.deployment import device_api
+from fleetkeep.directories.scim import admin_api as scim_admin_api
+from fleetkeep.directories.scim import api as scim_api
 from fleetkeep.identity import api as identity_api
 from fleetkeep.jobs import api as jobs_api
 from fleetkeep.jobs.registry import builtin_jobs
@@ -40,6 +42,7 @@ ADMIN_ROUTERS: list[APIRouter] = [
     directories_api.router,
     keys_api.router,
     deployment_api.router,
+    scim_admin_api.router,
 ]
 # Routers mounted as they are (they carry their own auth: device tokens, SCIM tokens …).
 OTHER_ROUTERS: list[APIRouter] = [
@@ -47,6 +50,7 @@ OTHER_ROUTERS: list[APIRouter] = [
     console_views.router,
     keys_endpoint.router,
     device_api.router,
+    scim_api.router,
 ]
 # Larger body limits for upload routes, by path prefix.
 BODY_LIMITS: dict[str, int] = {"/api/v1/device-mappings": 32 * 1024 * 1024}

@@ -225,6 +225,36 @@ def upgrade() -> None:
         sa.UniqueConstraint("name", name=op.f("uq_profiles_name")),
     )
     op.create_table(
+        "scim_groups",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("display_name", sa.String(length=256), nullable=False),
+        sa.Column("display_name_key", sa.String(length=256), nullable=False),
+        sa.Column("external_id", sa.String(length=256), nullable=True),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("created_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_scim_groups")),
+        sa.UniqueConstraint("display_name_key", name=op.f("uq_scim_groups_display_name_key")),
+    )
+    with op.batch_alter_table("scim_groups", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_scim_groups_external_id"), ["external_id"], unique=False
+        )
+
+    op.create_table(
+        "scim_tokens",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("token_hash", sa.String(length=64), nullable=False),
+        sa.Column("prefix", sa.String(length=16), nullable=False),
+        sa.Column("created_by", sa.String(length=320), nullable=False),
+        sa.Column("created_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("last_used_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_scim_tokens")),
+        sa.UniqueConstraint("token_hash", name=op.f("uq_scim_tokens_token_hash")),
+    )
+    op.create_table(
         "storage_regions",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sa.String(length=200), nullable=False),
@@ -605,6 +635,51 @@ def upgrade() -> None:
         batch_op.create_index("ix_devices_user_state", ["user_id", "state"], unique=False)
 
     op.create_table(
+        "scim_group_members",
+        sa.Column("group_id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("display", sa.String(length=256), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["group_id"],
+            ["scim_groups.id"],
+            name=op.f("fk_scim_group_members_group_id_scim_groups"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_scim_group_members_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("group_id", "user_id", name=op.f("pk_scim_group_members")),
+    )
+    with op.batch_alter_table("scim_group_members", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_scim_group_members_user_id"), ["user_id"], unique=False
+        )
+
+    op.create_table(
+        "scim_users",
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("user_name", sa.String(length=320), nullable=False),
+        sa.Column("user_name_key", sa.String(length=320), nullable=False),
+        sa.Column("external_id", sa.String(length=256), nullable=True),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("attributes", sa.JSON(), nullable=False),
+        sa.Column("created_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_scim_users_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_scim_users")),
+        sa.UniqueConstraint("user_name_key", name=op.f("uq_scim_users_user_name_key")),
+    )
+    with op.batch_alter_table("scim_users", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_scim_users_external_id"), ["external_id"], unique=False
+        )
+
+    op.create_table(
         "wrapped_keys",
         sa.Column("user_id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("key_version", sa.Integer(), nullable=False),
@@ -729,6 +804,14 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_wrapped_keys_key_version"))
 
     op.drop_table("wrapped_keys")
+    with op.batch_alter_table("scim_users", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_scim_users_external_id"))
+
+    op.drop_table("scim_users")
+    with op.batch_alter_table("scim_group_members", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_scim_group_members_user_id"))
+
+    op.drop_table("scim_group_members")
     with op.batch_alter_table("devices", schema=None) as batch_op:
         batch_op.drop_index("ix_devices_user_state")
         batch_op.drop_index("ix_devices_state_last_seen")
@@ -777,6 +860,11 @@ def downgrade() -> None:
 
     op.drop_table("api_tokens")
     op.drop_table("storage_regions")
+    op.drop_table("scim_tokens")
+    with op.batch_alter_table("scim_groups", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_scim_groups_external_id"))
+
+    op.drop_table("scim_groups")
     op.drop_table("profiles")
     with op.batch_alter_table("login_failures", schema=None) as batch_op:
         batch_op.drop_index("ix_login_failures_source_at")

@@ -1,0 +1,399 @@
+"""SCIM 2.0 protocol rules (RFC 7643/7644) as pure functions: no database, no HTTP.
+
+The RFC's resource models, filter grammar and evaluation, PATCH semantics, ``attributes`` /
+``excludedAttributes`` projection and error keywords come from ``scim2-models``; this module
+adds what a service provider decides: the limits, the discovery documents, ETags, paging, the
+tolerated client quirks (Entra ID's ``"False"``) and the translation of failures into
+``ScimError`` with the right ``status`` and ``scimType``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from scim2_models import (
+    AuthenticationScheme,
+    Bulk,
+    ChangePassword,
+    Context,
+    EnterpriseUser,
+    Error,
+    ETag,
+    Filter,
+    Group,
+    ListResponse,
+    Meta,
+    Pagination,
+    Patch,
+    PatchOp,
+    Required,
+    Resource,
+    ResourceType,
+    Schema,
+    SCIMException,
+    ScimFilter,
+    ScimPolicy,
+    SearchRequest,
+    ServiceProviderConfig,
+    Sort,
+    User,
+)
+
+from fleetkeep.errors import FleetkeepError
+
+UserResource = User[EnterpriseUser]
+GroupResource = Group
+ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
+ERROR_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:Error"
+SEARCH_SCHEMA = "urn:ietf:params:scim:api:messages:2.0:SearchRequest"
+MEDIA_TYPE = "application/scim+json"
+MAX_RESULTS = 1000
+MAX_FILTER_CHARS = 2048
+MAX_FILTER_DEPTH = 32
+MAX_PATCH_OPERATIONS = 100
+# Characters that fleetkeep user names cannot hold (they become path components on devices).
+UNSAFE_NAME_CHARS = str.maketrans({c: "_" for c in "?*/\\<>"})
+
+R = TypeVar("R", bound=Resource[Any])
+
+# What real identity providers send and the RFC's strict reading refuses: Entra ID removes
+# members with ``remove`` + ``value`` and adds emails through an unmatched path filter;
+# Okta and Entra send attributes of custom schemas we do not keep.
+POLICY = ScimPolicy(
+    unknown=ScimPolicy.Unknown.ignore,
+    remove_value_as_filter=ScimPolicy.RemoveValue.apply,
+    unmatched_path_filter=ScimPolicy.UnmatchedPathFilter.create,
+)
+
+
+class ScimError(FleetkeepError):
+    """A refusal in SCIM's own error format (RFC 7644 §3.12)."""
+
+    def __init__(self, status: int, detail: str, scim_type: str | None = None) -> None:
+        super().__init__(detail, code=scim_type or "scim_error")
+        self.status = status
+        self.scim_type = scim_type
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "schemas": [ERROR_SCHEMA],
+            "status": str(self.status),
+            "detail": self.detail,
+        }
+        if self.scim_type:
+            body["scimType"] = self.scim_type
+        return body
+
+
+def not_found(kind: str, resource_id: str) -> ScimError:
+    return ScimError(404, f"{kind} {resource_id} not found")
+
+
+def from_library(exc: SCIMException) -> ScimError:
+    return ScimError(exc.status, exc.detail, exc.scim_type or None)
+
+
+def from_validation(exc: ValidationError) -> ScimError:
+    errors = Error.from_validation_errors(exc)
+    first = errors[0]
+    detail = "; ".join(e.detail or "" for e in errors)
+    return ScimError(first.status or 400, detail, first.scim_type)
+
+
+# Requests -------------------------------------------------------------------------------------
+
+
+def parse_json(body: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or ``invalidSyntax``."""
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ScimError(400, f"the body is not valid JSON: {exc}", "invalidSyntax") from None
+    if not isinstance(data, dict):
+        raise ScimError(400, "the body must be a JSON object", "invalidSyntax")
+    return data
+
+
+def parse_resource(model: type[R], data: dict[str, Any], context: Context) -> R:
+    """Validate a creation or replacement payload against the RFC model."""
+    schemas = data.get("schemas")
+    if not isinstance(schemas, list) or not schemas:
+        raise ScimError(400, "'schemas' must list the resource's schema URNs", "invalidSyntax")
+    known = {model.__schema__, *(m.__schema__ for m in model.get_extension_models().values())}
+    unknown = [s for s in schemas if not isinstance(s, str) or s not in known]
+    if unknown:
+        raise ScimError(400, f"unknown schema(s): {', '.join(map(str, unknown))}", "invalidSyntax")
+    if model.__schema__ not in schemas:
+        raise ScimError(400, f"'schemas' must contain {model.__schema__}", "invalidSyntax")
+    try:
+        return model.model_validate(_tolerate_clients(data), scim_ctx=context, scim_policy=POLICY)
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+    except SCIMException as exc:
+        raise from_library(exc) from None
+
+
+def parse_search(model: type[R], params: dict[str, Any]) -> SearchRequest[R]:
+    """Query parameters (or a ``/.search`` body) → a validated search request."""
+    text = params.get("filter")
+    if text is not None and len(str(text)) > MAX_FILTER_CHARS:
+        raise ScimError(
+            400, f"filters longer than {MAX_FILTER_CHARS} characters are refused", "invalidFilter"
+        )
+    if text is not None and _nesting(str(text)) > MAX_FILTER_DEPTH:
+        raise ScimError(
+            400, f"filters nested over {MAX_FILTER_DEPTH} levels are refused", "invalidFilter"
+        )
+    try:
+        search: SearchRequest[R] = SearchRequest[model].model_validate(  # type: ignore[valid-type]
+            params
+        )
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+    except SCIMException as exc:
+        raise from_library(exc) from None
+    except RecursionError:
+        raise ScimError(400, "the filter is nested too deeply", "invalidFilter") from None
+    return search
+
+
+def _nesting(text: str) -> int:
+    """The deepest bracket nesting outside quoted strings (bounds parser recursion)."""
+    depth = deepest = 0
+    quoted = escaped = False
+    for char in text:
+        if quoted:
+            escaped, quoted = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            quoted = True
+        elif char in "([":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in ")]":
+            depth -= 1
+    return deepest
+
+
+def parse_patch(model: type[R], data: dict[str, Any]) -> PatchOp[R]:
+    operations = data.get("Operations")
+    if isinstance(operations, list) and len(operations) > MAX_PATCH_OPERATIONS:
+        raise ScimError(400, f"at most {MAX_PATCH_OPERATIONS} operations per PATCH", "invalidValue")
+    if isinstance(operations, list):
+        data = {**data, "Operations": [_tolerate_operation(op) for op in operations]}
+    try:
+        patch: PatchOp[R] = PatchOp[model].model_validate(  # type: ignore[valid-type]
+            data, scim_ctx=Context.RESOURCE_PATCH_REQUEST, scim_policy=POLICY
+        )
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+    except SCIMException as exc:
+        raise from_library(exc) from None
+    except RecursionError:
+        raise ScimError(400, "a path filter is nested too deeply", "invalidPath") from None
+    return patch
+
+
+def apply_patch(resource: R, patch: PatchOp[R]) -> bool:
+    """Apply the operations in order; returns whether the resource changed."""
+    try:
+        return patch.patch(resource, POLICY)
+    except SCIMException as exc:
+        raise from_library(exc) from None
+    except ValidationError as exc:
+        raise from_validation(exc) from None
+
+
+def _tolerate_clients(data: dict[str, Any]) -> dict[str, Any]:
+    """Entra ID sends booleans as the strings "True"/"False" and managers without ``$ref``."""
+    data = dict(data)
+    active = data.get("active")
+    if isinstance(active, str) and active.lower() in {"true", "false"}:
+        data["active"] = active.lower() == "true"
+    extension = data.get(ENTERPRISE)
+    if isinstance(extension, dict) and "manager" in extension:
+        data[ENTERPRISE] = {**extension, "manager": _manager(extension["manager"])}
+    return data
+
+
+def _manager(value: Any) -> Any:
+    if isinstance(value, str):
+        value = {"value": value}
+    if isinstance(value, dict) and value.get("value") and not value.get("$ref"):
+        return {**value, "$ref": f"../Users/{value['value']}"}
+    return value
+
+
+def _tolerate_operation(operation: Any) -> Any:
+    if not isinstance(operation, dict):
+        return operation
+    value = operation.get("value")
+    path = operation.get("path")
+    if isinstance(path, str) and path.lower().endswith("manager") and value is not None:
+        return {**operation, "value": _manager(value)}
+    if isinstance(value, str) and value.lower() in {"true", "false"}:
+        return {**operation, "value": value.lower() == "true"}
+    if isinstance(value, dict):
+        return {**operation, "value": _tolerate_clients(value)}
+    return operation
+
+
+# Responses ------------------------------------------------------------------------------------
+
+
+def matches(compiled: ScimFilter[R], resource: R) -> bool:
+    try:
+        return bool(compiled.match(resource))
+    except (SCIMException, TypeError, ValueError):
+        return False
+
+
+def etag(version: int) -> str:
+    return f'W/"{version}"'
+
+
+def check_if_match(if_match: str | None, version: int) -> None:
+    """RFC 7644 §3.14: a stale ``If-Match`` is refused with 412 and changes nothing."""
+    if if_match is None:
+        return
+    wanted = {tag.strip() for tag in if_match.split(",")}
+    if "*" in wanted or etag(version) in wanted or f'"{version}"' in wanted:
+        return
+    raise ScimError(412, f"the resource changed: its version is now {etag(version)}")
+
+
+def meta(
+    resource_type: str, location: str, created: datetime, modified: datetime, version: int
+) -> Meta:
+    return Meta(
+        resource_type=resource_type,
+        created=created,
+        last_modified=modified,
+        location=location,
+        version=etag(version),
+    )
+
+
+def dump(resource: Resource[Any], context: Context, search: SearchRequest[Any] | None) -> Any:
+    return resource.model_dump(scim_ctx=context, response_parameters=search)
+
+
+def list_response(
+    found: Sequence[tuple[Resource[Any], SearchRequest[Any]]], search: SearchRequest[Any]
+) -> dict[str, Any]:
+    """One page (``startIndex``/``count``, capped at ``MAX_RESULTS``) of what a search found.
+
+    Each resource is projected with the search of its own type (a root ``/.search`` mixes
+    Users and Groups).
+    """
+    offset = (search.start_index or 1) - 1
+    count = MAX_RESULTS if search.count is None else min(search.count, MAX_RESULTS)
+    page = found[offset : offset + count]
+    return {
+        "schemas": [ListResponse.__schema__],
+        "totalResults": len(found),
+        "startIndex": search.start_index or 1,
+        "itemsPerPage": len(page),
+        "Resources": [dump(r, Context.SEARCH_RESPONSE, s) for r, s in page],
+    }
+
+
+def sanitize_username(name: str) -> str:
+    return name.translate(UNSAFE_NAME_CHARS)
+
+
+def user_email(resource: UserResource) -> str | None:
+    """The primary e-mail, else a work one, else any, else ``userName`` when it is an address."""
+    emails = [e for e in resource.emails or [] if e.value]
+    for wanted in (
+        lambda e: e.primary,
+        lambda e: str(e.type) == "work",
+        lambda e: True,
+    ):
+        for email in emails:
+            if wanted(email):
+                return str(email.value)
+    if resource.user_name and "@" in resource.user_name:
+        return resource.user_name
+    return None
+
+
+def display_name(resource: UserResource) -> str:
+    if resource.display_name:
+        return resource.display_name
+    if resource.name and (resource.name.given_name or resource.name.family_name):
+        return " ".join(p for p in (resource.name.given_name, resource.name.family_name) if p)
+    return ""
+
+
+# Discovery ------------------------------------------------------------------------------------
+
+
+def service_provider_config(base_url: str) -> dict[str, Any]:
+    config = ServiceProviderConfig(
+        documentation_uri="https://fleetkeep.dev/docs/scim",
+        patch=Patch(supported=True),
+        bulk=Bulk(supported=False, max_operations=0, max_payload_size=0),
+        filter=Filter(supported=True, max_results=MAX_RESULTS),
+        change_password=ChangePassword(supported=False),
+        sort=Sort(supported=True),
+        etag=ETag(supported=True),
+        pagination=Pagination(cursor=False, index=True, default_pagination_method="index"),
+        authentication_schemes=[
+            AuthenticationScheme(
+                type="oauthbearertoken",
+                name="Bearer token",
+                description="A SCIM token made with 'fleetkeep scim token create'",
+                primary=True,
+            )
+        ],
+        meta=Meta(
+            resource_type="ServiceProviderConfig", location=f"{base_url}/ServiceProviderConfig"
+        ),
+    )
+    return dict(config.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE))
+
+
+def resource_types(base_url: str) -> list[dict[str, Any]]:
+    found = []
+    for model in (UserResource, GroupResource):
+        resource_type = ResourceType.from_resource(model)
+        resource_type.meta = Meta(
+            resource_type="ResourceType", location=f"{base_url}/ResourceTypes/{resource_type.id}"
+        )
+        found.append(dict(resource_type.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE)))
+    return found
+
+
+def schemas(base_url: str) -> list[dict[str, Any]]:
+    found = []
+    for model in (User, EnterpriseUser, Group):
+        schema = model.to_schema()
+        if model is User:
+            _require_email(schema)
+        schema.meta = Meta(resource_type="Schema", location=f"{base_url}/Schemas/{schema.id}")
+        found.append(dict(schema.model_dump(scim_ctx=Context.RESOURCE_QUERY_RESPONSE)))
+    return found
+
+
+def _require_email(schema: Schema) -> None:
+    """Every fleetkeep user has an e-mail address, so our User schema requires ``emails``."""
+    for attribute in schema.attributes or []:
+        if attribute.name == "emails":
+            attribute.required = Required.true
+            for sub in attribute.sub_attributes or []:
+                if sub.name == "value":
+                    sub.required = Required.true
+
+
+def discovery_list(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "schemas": [ListResponse.__schema__],
+        "totalResults": len(items),
+        "startIndex": 1,
+        "itemsPerPage": len(items),
+        "Resources": items,
+    }

@@ -1,0 +1,818 @@
+"""SCIM Users and Groups stored as fleetkeep users: the provisioning rules live here.
+
+* A SCIM User is a fleetkeep user with ``source = "scim"``; its SCIM ``id`` is our user id.
+* ``active = false``, DELETE and un-assignment preserve the user (``preserved_by = "scim"``);
+  nothing is ever hard-deleted. SCIM reactivates only users it preserved itself.
+* A user that another source owns (``manual``, ``csv``, ``directory:3`` …) is never taken
+  over: the request gets 409 ``uniqueness`` naming the owner.
+* Profile, storage region and quota come from the import mappings of the directory of kind
+  ``scim`` (the same rule JSON as every source: ``all``, ``group`` — SCIM group display
+  names —, ``attribute`` on SCIM attribute names, ``filter``), first match by priority.
+  A new user that no mapping matches is refused with 400 ``invalidValue`` naming the fix;
+  a mapping ``{"type": "all"}`` with the lowest priority gives everyone a default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from scim2_models import Context, GroupMember, GroupMembership, PatchOp, SearchRequest
+from scim2_models.path.expressions import CompareOperator, Comparison, FilterNode, LogicalExpr
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from fleetkeep.alerts.service import raise_alert, resolve_alert
+from fleetkeep.audit.service import Actor, record
+from fleetkeep.db import utcnow
+from fleetkeep.directories import service as directories
+from fleetkeep.directories.mappings import Candidate, normalize_dn
+from fleetkeep.directories.models import Directory, DirectoryKind, Mapping, MappingPurpose
+from fleetkeep.directories.scim.models import ScimGroup, ScimGroupMember, ScimToken, ScimUser
+from fleetkeep.directories.scim.protocol import (
+    ENTERPRISE,
+    GroupResource,
+    ScimError,
+    UserResource,
+    apply_patch,
+    check_if_match,
+    display_name,
+    matches,
+    meta,
+    sanitize_username,
+    user_email,
+)
+from fleetkeep.directories.sync import CompiledMapping, compiled_mappings, first_match
+from fleetkeep.errors import Conflict, InvalidInput, Unauthorized
+from fleetkeep.identity import service as identity
+from fleetkeep.identity.models import QuotaUnit, User, UserState
+from fleetkeep.tokens import display_prefix, hash_token, new_token
+
+SOURCE = "scim"
+TOKEN_PREFIX = "fkscim"  # noqa: S105 - a kind prefix, not a secret
+TOKEN_DAYS = 365
+TOKEN_WARN_DAYS = 14
+DIRECTORY_NAME = "SCIM"
+ALERT_TOKEN_EXPIRY = "scim_token_expiry"  # noqa: S105
+
+
+# Tokens ---------------------------------------------------------------------------------------
+
+
+def create_token(
+    session: Session, actor: Actor, *, days: int = TOKEN_DAYS, regenerate: bool = False
+) -> tuple[str, ScimToken]:
+    """Make the SCIM bearer token (shown once). ``regenerate`` revokes the current one."""
+    if days < 1 or days > 3650:
+        raise InvalidInput("a SCIM token lives 1 to 3650 days", field="days")
+    current = active_token(session)
+    if current is not None and not regenerate:
+        raise Conflict(
+            f"a SCIM token ({current.prefix}…) is already valid until "
+            f"{current.expires_at:%Y-%m-%d}; regenerate it to replace it",
+            code="scim_token_exists",
+        )
+    now = utcnow()
+    session.execute(update(ScimToken).where(ScimToken.revoked_at.is_(None)).values(revoked_at=now))
+    plain, digest = new_token(TOKEN_PREFIX)
+    token = ScimToken(
+        token_hash=digest,
+        prefix=display_prefix(plain),
+        created_by=actor.name,
+        created_at=now,
+        expires_at=now + timedelta(days=days),
+    )
+    session.add(token)
+    session.flush()
+    scim_directory(session, actor)
+    record(
+        session,
+        actor,
+        "scim.token.regenerate" if current is not None else "scim.token.create",
+        "scim_token",
+        token.id,
+        after={"prefix": token.prefix, "expires_at": token.expires_at.isoformat()},
+    )
+    resolve_alert(session, ALERT_TOKEN_EXPIRY, "scim")
+    return plain, token
+
+
+def active_token(session: Session) -> ScimToken | None:
+    return session.scalar(
+        select(ScimToken)
+        .where(ScimToken.revoked_at.is_(None), ScimToken.expires_at > utcnow())
+        .order_by(ScimToken.id.desc())
+        .limit(1)
+    )
+
+
+def authenticate(session: Session, plain: str | None) -> ScimToken:
+    if not plain:
+        raise Unauthorized("send 'Authorization: Bearer <SCIM token>'", code="no_token")
+    token = session.scalar(select(ScimToken).where(ScimToken.token_hash == hash_token(plain)))
+    if token is None or token.revoked_at is not None:
+        raise Unauthorized("the SCIM token is not valid", code="bad_token")
+    if token.expires_at <= utcnow():
+        raise Unauthorized(
+            f"the SCIM token expired on {token.expires_at:%Y-%m-%d}; regenerate it",
+            code="token_expired",
+        )
+    return token
+
+
+def check_token_expiry(session: Session, now: datetime | None = None) -> ScimToken | None:
+    """Alert 14 days before the SCIM token expires (and when it has), so pushes never stop."""
+    now = now or utcnow()
+    token = session.scalar(
+        select(ScimToken).where(ScimToken.revoked_at.is_(None)).order_by(ScimToken.id.desc())
+    )
+    if token is None or token.expires_at - now > timedelta(days=TOKEN_WARN_DAYS):
+        resolve_alert(session, ALERT_TOKEN_EXPIRY, "scim")
+        return None
+    expired = token.expires_at <= now
+    raise_alert(
+        session,
+        ALERT_TOKEN_EXPIRY,
+        "scim",
+        "critical" if expired else "warning",
+        (
+            f"the SCIM token {token.prefix}… "
+            + ("expired" if expired else "expires")
+            + f" on {token.expires_at:%Y-%m-%d}; run 'fleetkeep scim token regenerate' "
+            "and paste the new token into the identity provider"
+        ),
+        {"token_id": token.id, "expires_at": token.expires_at.isoformat()},
+    )
+    return token
+
+
+# Mappings -------------------------------------------------------------------------------------
+
+
+def scim_directory(session: Session, actor: Actor) -> Directory:
+    """The one directory of kind ``scim``; its mappings decide profile/region/quota."""
+    directory = session.scalar(select(Directory).where(Directory.kind == DirectoryKind.SCIM))
+    if directory is None:
+        directory = Directory(name=DIRECTORY_NAME, kind=DirectoryKind.SCIM, settings={})
+        session.add(directory)
+        session.flush()
+        record(
+            session, actor, "directory.create", "directory", directory.id, after={"kind": "scim"}
+        )
+    return directory
+
+
+def add_mapping(
+    session: Session,
+    actor: Actor,
+    *,
+    rule: dict[str, Any],
+    profile_id: int,
+    storage_region_id: int,
+    quota: tuple[int, QuotaUnit] | None = None,
+    priority: int = 100,
+    name: str = "",
+) -> Mapping:
+    """An import mapping of the SCIM directory (same rule JSON as every other directory)."""
+    directory = scim_directory(session, actor)
+    return directories.create_mapping(
+        session,
+        actor,
+        directory.id,
+        rule=rule,
+        name=name,
+        profile_id=profile_id,
+        storage_region_id=storage_region_id,
+        quota_value=quota[0] if quota else None,
+        quota_unit=quota[1] if quota else None,
+        priority=priority,
+    )
+
+
+def list_mappings(session: Session) -> list[Mapping]:
+    directory = session.scalar(select(Directory).where(Directory.kind == DirectoryKind.SCIM))
+    if directory is None:
+        return []
+    return [
+        m
+        for m in directories.list_mappings(session, directory.id)
+        if m.purpose is MappingPurpose.IMPORT
+    ]
+
+
+def remove_mapping(session: Session, actor: Actor, mapping_id: int) -> None:
+    directories.delete_mapping(session, actor, scim_directory(session, actor).id, mapping_id)
+
+
+def _import_mappings(session: Session) -> list[CompiledMapping]:
+    directory = session.scalar(select(Directory).where(Directory.kind == DirectoryKind.SCIM))
+    if directory is None:
+        return []
+    return [
+        m for m in compiled_mappings(session, directory.id) if m.purpose is MappingPurpose.IMPORT
+    ]
+
+
+def rule_candidate(resource: UserResource) -> Candidate:
+    """The User resource as mapping rules see it: flat attributes and group display names.
+
+    Attribute names are the SCIM ones (``department``, ``employeeNumber``, ``title``,
+    ``userType``, ``emails`` …), so ``{"type": "attribute", "conditions": [{"attribute":
+    "department", "op": "equals", "value": "Sales"}]}`` and ``{"type": "group", "group":
+    "Sales"}`` mean for SCIM what they mean for every other source.
+    """
+    data = resource.model_dump(scim_ctx=Context.DEFAULT)
+    attributes: dict[str, list[str]] = {}
+    extension = data.pop(ENTERPRISE, None) or {}
+    for key, value in [*data.items(), *extension.items()]:
+        if key in {"schemas", "meta", "groups"}:
+            continue
+        if isinstance(value, dict):
+            if "value" in value:
+                attributes[key] = [str(value["value"])]
+            for sub, sub_value in value.items():
+                if isinstance(sub_value, str | int | bool):
+                    attributes[sub if key == "name" else f"{key}.{sub}"] = [str(sub_value)]
+        elif isinstance(value, list):
+            attributes[key] = [
+                str(v.get("value")) if isinstance(v, dict) else str(v) for v in value
+            ]
+        elif value is not None:
+            attributes[key] = [str(value)]
+    groups = frozenset(normalize_dn(g.display or "") for g in resource.groups or [] if g.display)
+    return Candidate("", attributes, groups)
+
+
+def match_mapping(
+    mappings: Sequence[CompiledMapping], resource: UserResource
+) -> CompiledMapping | None:
+    """The first import mapping (by priority) whose rule matches the User resource."""
+    return first_match(mappings, rule_candidate(resource)) if mappings else None
+
+
+def _assignment(mapping: CompiledMapping) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "profile_id": mapping.profile_id,
+        "storage_region_id": mapping.storage_region_id,
+    }
+    if mapping.quota_value is not None:
+        fields["quota_value"] = mapping.quota_value
+        fields["quota_unit"] = QuotaUnit(mapping.quota_unit or QuotaUnit.GB)
+    return fields
+
+
+# Users ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stored:
+    """A User resource as served, with the version behind its ETag."""
+
+    resource: UserResource
+    version: int
+
+
+def create_user(session: Session, actor: Actor, resource: UserResource, base_url: str) -> Stored:
+    user_name = resource.user_name or ""
+    _unique_user_name(session, user_name, None)
+    email = user_email(resource)
+    if email is None:
+        raise ScimError(
+            400, "the user needs an e-mail address (emails or an e-mail userName)", "invalidValue"
+        )
+    try:
+        identity.validate_email(email)
+    except InvalidInput as exc:
+        raise ScimError(400, exc.detail, "invalidValue") from None
+    mapping = match_mapping(_import_mappings(session), resource)
+    if mapping is None:
+        raise ScimError(
+            400,
+            f"no SCIM mapping matches user {user_name!r}: add an import mapping whose rule "
+            'matches it (or a catch-all {"type": "all"}) with \'fleetkeep scim mappings add\'',
+            "invalidValue",
+        )
+    user = session.scalar(
+        select(User).where(User.email_normalized == identity.normalize_email(email))
+    )
+    fields = {**_user_fields(resource, email), **_assignment(mapping)}
+    if user is None:
+        user = identity.create_user(session, actor, source=SOURCE, **fields)
+    else:
+        _adopt(session, user, email)
+        user = identity.update_user(session, actor, user.id, **fields)
+    now = utcnow()
+    row = ScimUser(
+        user_id=user.id,
+        user_name=user_name,
+        user_name_key=user_name.lower(),
+        external_id=resource.external_id,
+        version=1,
+        attributes=_stored_attributes(resource),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    _apply_active(session, actor, user, resource.active)
+    session.flush()
+    return Stored(_user_resource(user, row, [], base_url), row.version)
+
+
+def _adopt(session: Session, user: User, email: str) -> None:
+    """Link a user SCIM itself provisioned and later released; refuse anybody else's."""
+    if user.source != SOURCE:
+        raise ScimError(
+            409,
+            f"{email} is already a fleetkeep user provisioned by {user.source!r}; SCIM does not "
+            "take over users of another source (an admin can move the user to SCIM by setting "
+            "its source to 'scim')",
+            "uniqueness",
+        )
+    linked = session.get(ScimUser, user.id)
+    if linked is not None:
+        raise ScimError(
+            409, f"{email} is already the SCIM user {user.id} ({linked.user_name})", "uniqueness"
+        )
+    if user.state is not UserState.ACTIVE and user.preserved_by != SOURCE:
+        raise ScimError(
+            409,
+            f"{email} was {user.state} by {user.preserved_by or 'an administrator'}; only an "
+            "administrator can restore this user",
+            "uniqueness",
+        )
+
+
+def get_user(session: Session, user_id: str, base_url: str) -> Stored:
+    user, row = _load_user(session, user_id)
+    groups = _memberships(session, [user.id]).get(user.id, [])
+    return Stored(_user_resource(user, row, groups, base_url), row.version)
+
+
+def replace_user(
+    session: Session,
+    actor: Actor,
+    user_id: str,
+    resource: UserResource,
+    base_url: str,
+    if_match: str | None = None,
+) -> Stored:
+    current = get_user(session, user_id, base_url)
+    check_if_match(if_match, current.version)
+    try:
+        resource.replace(current.resource)
+    except Exception as exc:  # scim2-models raises MutabilityException for immutable changes
+        raise ScimError(400, str(exc), "mutability") from None
+    return _save_user(session, actor, current, resource, base_url)
+
+
+def patch_user(
+    session: Session,
+    actor: Actor,
+    user_id: str,
+    patch: PatchOp[UserResource],
+    base_url: str,
+    if_match: str | None = None,
+) -> Stored:
+    current = get_user(session, user_id, base_url)
+    check_if_match(if_match, current.version)
+    changed = current.resource.model_copy(deep=True)
+    if not apply_patch(changed, patch):
+        return current
+    return _save_user(session, actor, current, changed, base_url)
+
+
+def delete_user(session: Session, actor: Actor, user_id: str, if_match: str | None = None) -> None:
+    """DELETE releases the user from SCIM and preserves it; the data stays."""
+    user, row = _load_user(session, user_id)
+    check_if_match(if_match, row.version)
+    if user.state is UserState.ACTIVE:
+        identity.change_state(session, actor, user, UserState.PRESERVED, by=SOURCE)
+    session.execute(delete(ScimGroupMember).where(ScimGroupMember.user_id == user.id))
+    session.delete(row)
+    record(session, actor, "scim.user.delete", "user", user.id, before={"userName": row.user_name})
+    session.flush()
+
+
+def search_users(
+    session: Session, search: SearchRequest[UserResource], base_url: str
+) -> list[UserResource]:
+    """Every User the search's filter selects, sorted as asked (the caller pages)."""
+    query = select(User, ScimUser).join(ScimUser, ScimUser.user_id == User.id).order_by(User.id)
+    pushed = _indexed_term(search.filter.ast if search.filter else None)
+    if pushed is not None:
+        attr, value = pushed
+        if attr == "username":
+            query = query.where(ScimUser.user_name_key == value.lower())
+        elif attr == "externalid":
+            query = query.where(ScimUser.external_id == value)
+        elif value.isdigit():
+            query = query.where(User.id == int(value))
+        else:
+            return []
+    rows = [(row[0], row[1]) for row in session.execute(query)]
+    groups = _memberships(session, [user.id for user, _ in rows])
+    resources = [_user_resource(u, r, groups.get(u.id, []), base_url) for u, r in rows]
+    return _select(resources, search)
+
+
+def _select(resources: list[Any], search: SearchRequest[Any]) -> list[Any]:
+    if search.filter is not None:
+        compiled = search.filter
+        resources = [r for r in resources if matches(compiled, r)]
+    if search.sort_by is not None:
+        resources = search.sort(resources)
+    return resources
+
+
+def _indexed_term(node: FilterNode | None) -> tuple[str, str] | None:
+    """An ``eq`` on userName/externalId/id the database can answer from an index."""
+    if isinstance(node, Comparison) and node.op is CompareOperator.eq:
+        path = node.attr_path
+        core = path.uri in (None, "", UserResource.__schema__, GroupResource.__schema__)
+        if core and not path.sub_attr and isinstance(node.value, str):
+            attr = path.attr.lower()
+            if attr in {"username", "externalid", "id", "displayname"}:
+                return attr, node.value
+    if isinstance(node, LogicalExpr) and str(node.op).lower() == "and":
+        for term in node.terms:
+            found = _indexed_term(term)
+            if found is not None:
+                return found
+    return None
+
+
+def _load_user(session: Session, user_id: str) -> tuple[User, ScimUser]:
+    if not user_id.isdigit():
+        raise ScimError(404, f"User {user_id} not found")
+    found = session.execute(
+        select(User, ScimUser)
+        .join(ScimUser, ScimUser.user_id == User.id)
+        .where(User.id == int(user_id))
+    ).first()
+    if found is None:
+        raise ScimError(404, f"User {user_id} not found")
+    return found[0], found[1]
+
+
+def _save_user(
+    session: Session, actor: Actor, current: Stored, resource: UserResource, base_url: str
+) -> Stored:
+    user, row = _load_user(session, str(current.resource.id))
+    user_name = resource.user_name or row.user_name
+    if user_name.lower() != row.user_name_key:
+        _unique_user_name(session, user_name, user.id)
+    email = user_email(resource) or user.email
+    try:
+        identity.validate_email(email)
+    except InvalidInput as exc:
+        raise ScimError(400, exc.detail, "invalidValue") from None
+    fields = _user_fields(resource, email)
+    groups = _memberships(session, [user.id]).get(user.id, [])
+    resource.groups = groups or None
+    mapping = match_mapping(_import_mappings(session), resource)
+    if mapping is not None:
+        fields.update(_assignment(mapping))
+    try:
+        identity.update_user(session, actor, user.id, **fields)
+    except Conflict as exc:
+        raise ScimError(409, exc.detail, "uniqueness") from None
+    _apply_active(session, actor, user, resource.active)
+    row.user_name = user_name
+    row.user_name_key = user_name.lower()
+    row.external_id = resource.external_id
+    row.attributes = _stored_attributes(resource)
+    row.version += 1
+    row.updated_at = utcnow()
+    record(session, actor, "scim.user.update", "user", user.id, after={"version": row.version})
+    session.flush()
+    return Stored(_user_resource(user, row, groups, base_url), row.version)
+
+
+def _apply_active(session: Session, actor: Actor, user: User, active: bool | None) -> None:
+    if active is False and user.state is UserState.ACTIVE:
+        identity.change_state(session, actor, user, UserState.PRESERVED, by=SOURCE)
+    elif active is True and user.state is not UserState.ACTIVE:
+        if user.state is UserState.PRESERVED and user.preserved_by == SOURCE:
+            identity.change_state(session, actor, user, UserState.ACTIVE)
+        else:
+            raise ScimError(
+                400,
+                f"user {user.id} was {user.state} by {user.preserved_by or 'an administrator'}; "
+                "SCIM only reactivates users it preserved itself — ask an administrator",
+                "mutability",
+            )
+
+
+def _unique_user_name(session: Session, user_name: str, own_id: int | None) -> None:
+    clash = session.scalar(
+        select(ScimUser.user_id).where(ScimUser.user_name_key == user_name.lower())
+    )
+    if clash is not None and clash != own_id:
+        raise ScimError(409, f"userName {user_name!r} is already SCIM user {clash}", "uniqueness")
+
+
+def _user_fields(resource: UserResource, email: str) -> dict[str, Any]:
+    user_name = resource.user_name or email
+    return {
+        "email": email,
+        "username": sanitize_username(user_name),
+        "display_name": display_name(resource)[:256],
+        "external_id": resource.external_id,
+        "upn": user_name if "@" in user_name else None,
+    }
+
+
+def _stored_attributes(resource: UserResource) -> dict[str, Any]:
+    """What fleetkeep has no column for; ``id``, ``meta`` and ``groups`` are ours.
+
+    ``active`` is kept only to know whether the client assigned it: once assigned, the served
+    value follows the user's state (an admin's preserve shows as ``false``).
+    """
+    data = dict(resource.model_dump(scim_ctx=Context.DEFAULT))
+    for key in ("id", "meta", "groups"):
+        data.pop(key, None)
+    return data
+
+
+def _user_resource(
+    user: User, row: ScimUser, groups: list[GroupMembership], base_url: str
+) -> UserResource:
+    resource = UserResource.model_validate(row.attributes)
+    resource.id = str(user.id)
+    if resource.active is not None:
+        resource.active = user.state is UserState.ACTIVE
+    resource.groups = groups or None
+    resource.meta = meta(
+        "User", f"{base_url}/Users/{user.id}", row.created_at, row.updated_at, row.version
+    )
+    return resource
+
+
+def _memberships(session: Session, user_ids: Sequence[int]) -> dict[int, list[GroupMembership]]:
+    found: dict[int, list[GroupMembership]] = {}
+    if not user_ids:
+        return found
+    for chunk in _chunks(list(user_ids), 500):
+        rows = session.execute(
+            select(ScimGroupMember.user_id, ScimGroup.id, ScimGroup.display_name)
+            .join(ScimGroup, ScimGroup.id == ScimGroupMember.group_id)
+            .where(ScimGroupMember.user_id.in_(chunk))
+            .order_by(ScimGroup.id)
+        )
+        for user_id, group_id, name in rows:
+            found.setdefault(user_id, []).append(
+                GroupMembership(value=str(group_id), display=name, type="direct")
+            )
+    return found
+
+
+# Groups ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoredGroup:
+    resource: GroupResource
+    version: int
+
+
+def create_group(
+    session: Session, actor: Actor, resource: GroupResource, base_url: str
+) -> StoredGroup:
+    name = resource.display_name or ""
+    _unique_group_name(session, name, None)
+    member_ids = _member_ids(session, resource.members)
+    now = utcnow()
+    group = ScimGroup(
+        display_name=name,
+        display_name_key=name.lower(),
+        external_id=resource.external_id,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(group)
+    session.flush()
+    _set_members(session, actor, group, member_ids, base_url)
+    record(
+        session,
+        actor,
+        "scim.group.create",
+        "scim_group",
+        group.id,
+        after={"displayName": name, "members": len(member_ids)},
+    )
+    return get_group(session, str(group.id), base_url)
+
+
+def get_group(session: Session, group_id: str, base_url: str) -> StoredGroup:
+    group = _load_group(session, group_id)
+    return StoredGroup(_group_resource(session, group, base_url), group.version)
+
+
+def replace_group(
+    session: Session,
+    actor: Actor,
+    group_id: str,
+    resource: GroupResource,
+    base_url: str,
+    if_match: str | None = None,
+) -> StoredGroup:
+    current = get_group(session, group_id, base_url)
+    check_if_match(if_match, current.version)
+    try:
+        resource.replace(current.resource)
+    except Exception as exc:
+        raise ScimError(400, str(exc), "mutability") from None
+    return _save_group(session, actor, group_id, resource, base_url)
+
+
+def patch_group(
+    session: Session,
+    actor: Actor,
+    group_id: str,
+    patch: PatchOp[GroupResource],
+    base_url: str,
+    if_match: str | None = None,
+) -> StoredGroup:
+    current = get_group(session, group_id, base_url)
+    check_if_match(if_match, current.version)
+    changed = current.resource.model_copy(deep=True)
+    if not apply_patch(changed, patch):
+        return current
+    return _save_group(session, actor, group_id, changed, base_url)
+
+
+def delete_group(
+    session: Session, actor: Actor, group_id: str, base_url: str, if_match: str | None = None
+) -> None:
+    group = _load_group(session, group_id)
+    check_if_match(if_match, group.version)
+    _set_members(session, actor, group, {}, base_url)
+    record(
+        session,
+        actor,
+        "scim.group.delete",
+        "scim_group",
+        group.id,
+        before={"displayName": group.display_name},
+    )
+    session.delete(group)
+    session.flush()
+
+
+def search_groups(
+    session: Session, search: SearchRequest[GroupResource], base_url: str
+) -> list[GroupResource]:
+    query = select(ScimGroup).order_by(ScimGroup.id)
+    pushed = _indexed_term(search.filter.ast if search.filter else None)
+    if pushed is not None:
+        attr, value = pushed
+        if attr == "displayname":
+            query = query.where(ScimGroup.display_name_key == value.lower())
+        elif attr == "externalid":
+            query = query.where(ScimGroup.external_id == value)
+        elif attr == "id" and value.isdigit():
+            query = query.where(ScimGroup.id == int(value))
+        else:
+            return []
+    groups = list(session.scalars(query))
+    resources = [_group_resource(session, g, base_url) for g in groups]
+    return _select(resources, search)
+
+
+def _save_group(
+    session: Session, actor: Actor, group_id: str, resource: GroupResource, base_url: str
+) -> StoredGroup:
+    group = _load_group(session, group_id)
+    name = resource.display_name or group.display_name
+    if name.lower() != group.display_name_key:
+        _unique_group_name(session, name, group.id)
+    member_ids = _member_ids(session, resource.members)
+    group.display_name = name
+    group.display_name_key = name.lower()
+    group.external_id = resource.external_id
+    group.version += 1
+    group.updated_at = utcnow()
+    _set_members(session, actor, group, member_ids, base_url)
+    record(
+        session,
+        actor,
+        "scim.group.update",
+        "scim_group",
+        group.id,
+        after={"displayName": name, "members": len(member_ids), "version": group.version},
+    )
+    session.flush()
+    return StoredGroup(_group_resource(session, group, base_url), group.version)
+
+
+def _set_members(
+    session: Session, actor: Actor, group: ScimGroup, wanted: dict[int, str | None], base_url: str
+) -> None:
+    """Replace the group's members and re-map the users whose groups changed."""
+    current = {
+        m.user_id: m
+        for m in session.scalars(
+            select(ScimGroupMember).where(ScimGroupMember.group_id == group.id)
+        )
+    }
+    added, removed = set(wanted) - set(current), set(current) - set(wanted)
+    if removed:
+        session.execute(
+            delete(ScimGroupMember).where(
+                ScimGroupMember.group_id == group.id, ScimGroupMember.user_id.in_(removed)
+            )
+        )
+    for user_id, member in current.items():
+        if user_id in wanted:
+            member.display = wanted[user_id]
+    for user_id in sorted(added):
+        session.add(ScimGroupMember(group_id=group.id, user_id=user_id, display=wanted[user_id]))
+    session.flush()
+    if added or removed:
+        _remap(session, actor, sorted(added | removed), base_url)
+
+
+def _remap(session: Session, actor: Actor, user_ids: list[int], base_url: str) -> None:
+    """Group membership can decide the mapping; apply the new first match, if any."""
+    mappings = _import_mappings(session)
+    if not any(m.rule.type == "group" or m.rule.type == "filter" for m in mappings):
+        return
+    for user_id in user_ids:
+        stored = get_user(session, str(user_id), base_url)
+        mapping = match_mapping(mappings, stored.resource)
+        if mapping is not None:
+            identity.update_user(session, actor, user_id, **_assignment(mapping))
+
+
+def _member_ids(session: Session, members: Iterable[GroupMember] | None) -> dict[int, str | None]:
+    """Member user id → the ``display`` the client gave; unknown members are refused."""
+    wanted = {str(m.value): m.display for m in members or [] if m.value is not None}
+    ids = {int(v) for v in wanted if v.isdigit()}
+    known = (
+        set(session.scalars(select(ScimUser.user_id).where(ScimUser.user_id.in_(ids))))
+        if ids
+        else set()
+    )
+    unknown = sorted(set(wanted) - {str(i) for i in known})
+    if unknown:
+        raise ScimError(
+            400,
+            f"member(s) {', '.join(unknown[:10])} are not SCIM users of this service",
+            "invalidValue",
+        )
+    return {user_id: wanted[str(user_id)] for user_id in known}
+
+
+def _load_group(session: Session, group_id: str) -> ScimGroup:
+    group = session.get(ScimGroup, int(group_id)) if group_id.isdigit() else None
+    if group is None:
+        raise ScimError(404, f"Group {group_id} not found")
+    return group
+
+
+def _unique_group_name(session: Session, name: str, own_id: int | None) -> None:
+    clash = session.scalar(select(ScimGroup.id).where(ScimGroup.display_name_key == name.lower()))
+    if clash is not None and clash != own_id:
+        raise ScimError(409, f"displayName {name!r} is already SCIM group {clash}", "uniqueness")
+
+
+def _group_resource(session: Session, group: ScimGroup, base_url: str) -> GroupResource:
+    members = session.execute(
+        select(User.id, ScimGroupMember.display, User.display_name, User.username)
+        .join(ScimGroupMember, ScimGroupMember.user_id == User.id)
+        .where(ScimGroupMember.group_id == group.id)
+        .order_by(User.id)
+    )
+    resource = GroupResource(
+        id=str(group.id),
+        external_id=group.external_id,
+        display_name=group.display_name,
+        members=[
+            GroupMember(
+                value=str(user_id),
+                display=given or name or username,
+                type="User",
+                ref=f"{base_url}/Users/{user_id}",
+            )
+            for user_id, given, name, username in members
+        ]
+        or None,
+    )
+    resource.meta = meta(
+        "Group", f"{base_url}/Groups/{group.id}", group.created_at, group.updated_at, group.version
+    )
+    return resource
+
+
+def counts(session: Session) -> dict[str, int]:
+    return {
+        "users": session.scalar(select(func.count()).select_from(ScimUser)) or 0,
+        "groups": session.scalar(select(func.count()).select_from(ScimGroup)) or 0,
+    }
+
+
+def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,462 @@
+"""SCIM provisioning as Okta and Microsoft Entra ID really push it, and its lifecycle rules."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
+
+from fleetkeep.audit.service import SYSTEM
+from tests.directories.scim_support import (
+    ENTERPRISE,
+    ERROR_SCHEMA,
+    GROUP_SCHEMA,
+    USER_SCHEMA,
+    ScimSetup,
+    new_user,
+    patch,
+    prepare,
+)
+
+
+class Scim:
+    """A SCIM client over the test app, as an identity provider holding the token."""
+
+    def __init__(self, client: TestClient, token: str) -> None:
+        self.client = client
+        self.headers = {"Authorization": f"Bearer {token}"}
+
+    def __call__(self, method: str, path: str, body: Any = None, **headers: str) -> Any:
+        response = self.client.request(
+            method,
+            f"/scim/v2{path}",
+            json=body,
+            headers={**self.headers, **headers, "Content-Type": "application/scim+json"},
+        )
+        return response
+
+
+@pytest.fixture
+def setup(owner: TestClient) -> ScimSetup:
+    return prepare(owner)
+
+
+@pytest.fixture
+def scim(owner: TestClient, setup: ScimSetup) -> Scim:
+    return Scim(owner, setup.token)
+
+
+def admin_user(owner: TestClient, user_id: str) -> dict[str, Any]:
+    response = owner.get(f"/api/v1/users/{user_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def assert_scim_error(response: Any, status: int, scim_type: str | None = None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/scim+json")
+    body = response.json()
+    assert body["schemas"] == [ERROR_SCHEMA]
+    assert body["status"] == str(status)
+    assert body.get("scimType") == scim_type
+    assert body["detail"]
+
+
+# Okta -----------------------------------------------------------------------------------------
+
+
+def test_okta_create_deactivate_reactivate_sequence(scim: Scim, owner: TestClient) -> None:
+    # Okta first looks the user up, then creates it.
+    lookup = scim("GET", '/Users?filter=userName eq "dana@example.com"&startIndex=1&count=100')
+    assert lookup.status_code == 200
+    assert lookup.json()["totalResults"] == 0
+    created = scim(
+        "POST",
+        "/Users",
+        {
+            "schemas": [USER_SCHEMA],
+            "userName": "dana@example.com",
+            "name": {"givenName": "Dana", "familyName": "Scully"},
+            "emails": [{"primary": True, "value": "dana@example.com", "type": "work"}],
+            "displayName": "Dana Scully",
+            "locale": "en-US",
+            "externalId": "00u1abcd",
+            "groups": [],
+            "password": "ignored-by-us",
+            "active": True,
+        },
+    )
+    assert created.status_code == 201, created.text
+    user = created.json()
+    assert created.headers["location"].endswith(f"/scim/v2/Users/{user['id']}")
+    assert created.headers["etag"] == user["meta"]["version"]
+    assert "password" not in user
+    stored = admin_user(owner, user["id"])
+    assert stored["source"] == "scim"
+    assert stored["external_id"] == "00u1abcd"
+    assert stored["display_name"] == "Dana Scully"
+    assert stored["state"] == "active"
+
+    # Okta deactivates with a PATCH replace of active (Okta sends a real boolean).
+    off = scim(
+        "PATCH",
+        f"/Users/{user['id']}",
+        patch({"op": "replace", "value": {"active": False}}),
+    )
+    assert off.status_code == 200, off.text
+    assert off.json()["active"] is False
+    stored = admin_user(owner, user["id"])
+    assert stored["state"] == "preserved"
+    assert stored["preserved_by"] == "scim"
+
+    on = scim("PATCH", f"/Users/{user['id']}", patch({"op": "replace", "value": {"active": True}}))
+    assert on.status_code == 200, on.text
+    assert on.json()["active"] is True
+    assert admin_user(owner, user["id"])["state"] == "active"
+
+
+def test_okta_group_push_adds_and_removes_members(scim: Scim) -> None:
+    a = scim("POST", "/Users", new_user("a@example.com")).json()
+    b = scim("POST", "/Users", new_user("b@example.com")).json()
+    group = scim(
+        "POST",
+        "/Groups",
+        {"schemas": [GROUP_SCHEMA], "displayName": "Engineering", "members": []},
+    )
+    assert group.status_code == 201, group.text
+    gid = group.json()["id"]
+    added = scim(
+        "PATCH",
+        f"/Groups/{gid}",
+        patch(
+            {
+                "op": "add",
+                "path": "members",
+                "value": [{"value": a["id"], "display": "a"}, {"value": b["id"]}],
+            }
+        ),
+    )
+    assert added.status_code == 200, added.text
+    assert {m["value"] for m in added.json()["members"]} == {a["id"], b["id"]}
+    removed = scim(
+        "PATCH",
+        f"/Groups/{gid}",
+        patch({"op": "remove", "path": f'members[value eq "{a["id"]}"]'}),
+    )
+    assert [m["value"] for m in removed.json()["members"]] == [b["id"]]
+    user_b = scim("GET", f"/Users/{b['id']}").json()
+    assert user_b["groups"] == [{"value": gid, "display": "Engineering", "type": "direct"}]
+
+
+# Microsoft Entra ID ---------------------------------------------------------------------------
+
+
+def test_entra_sequence_with_string_booleans_and_enterprise_extension(
+    scim: Scim, owner: TestClient
+) -> None:
+    # Entra's provisioning service probes for a user that does not exist first.
+    probe = scim("GET", '/Users?filter=userName eq "7a0b1c2d-probe"')
+    assert probe.json() == {
+        "schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"],
+        "totalResults": 0,
+        "startIndex": 1,
+        "itemsPerPage": 0,
+        "Resources": [],
+    }
+    created = scim(
+        "POST",
+        "/Users",
+        {
+            "schemas": [USER_SCHEMA, ENTERPRISE],
+            "externalId": "ryan",
+            "userName": "Ryan/Leenay?@contoso.com",
+            "active": True,
+            "displayName": "Ryan Leenay",
+            "emails": [{"primary": True, "type": "work", "value": "ryan@contoso.com"}],
+            "meta": {"resourceType": "User"},
+            "name": {"familyName": "Leenay", "givenName": "Ryan"},
+            "roles": [],
+            ENTERPRISE: {"department": "Sales", "employeeNumber": "701984"},
+        },
+    )
+    assert created.status_code == 201, created.text
+    uid = created.json()["id"]
+    stored = admin_user(owner, uid)
+    assert stored["username"] == "Ryan_Leenay_@contoso.com"
+    assert stored["upn"] == "Ryan/Leenay?@contoso.com"
+    assert stored["email"] == "ryan@contoso.com"
+    assert created.json()[ENTERPRISE]["department"] == "Sales"
+
+    # Entra updates attributes with capitalised ops and filtered paths.
+    updated = scim(
+        "PATCH",
+        f"/Users/{uid}",
+        patch(
+            {"op": "Replace", "path": 'emails[type eq "work"].value', "value": "ryan2@contoso.com"},
+            {"op": "Replace", "path": f"{ENTERPRISE}:department", "value": "Marketing"},
+            {"op": "Add", "path": f"{ENTERPRISE}:manager", "value": "12345"},
+            {"op": "Replace", "path": "name.familyName", "value": "Leenay-Smith"},
+        ),
+    )
+    assert updated.status_code == 200, updated.text
+    body = updated.json()
+    assert body["emails"][0]["value"] == "ryan2@contoso.com"
+    assert body[ENTERPRISE]["department"] == "Marketing"
+    assert body[ENTERPRISE]["manager"]["value"] == "12345"
+    assert admin_user(owner, uid)["email"] == "ryan2@contoso.com"
+
+    # Disable: Entra sends the boolean as the string "False".
+    off = scim(
+        "PATCH", f"/Users/{uid}", patch({"op": "Replace", "path": "active", "value": "False"})
+    )
+    assert off.status_code == 200, off.text
+    assert off.json()["active"] is False
+    assert admin_user(owner, uid)["state"] == "preserved"
+    on = scim("PATCH", f"/Users/{uid}", patch({"op": "Replace", "path": "active", "value": "True"}))
+    assert on.json()["active"] is True
+    assert admin_user(owner, uid)["state"] == "active"
+
+    # Group membership: add, then remove with a value list (Entra's shape).
+    group = scim("POST", "/Groups", {"schemas": [GROUP_SCHEMA], "displayName": "Sales EU"}).json()
+    add = scim(
+        "PATCH",
+        f"/Groups/{group['id']}",
+        patch({"op": "Add", "path": "members", "value": [{"value": uid}]}),
+    )
+    assert add.status_code == 200, add.text
+    listed = scim("GET", '/Groups?filter=displayName eq "Sales EU"&excludedAttributes=members')
+    assert listed.json()["totalResults"] == 1
+    assert "members" not in listed.json()["Resources"][0]
+    remove = scim(
+        "PATCH",
+        f"/Groups/{group['id']}",
+        patch({"op": "Remove", "path": "members", "value": [{"value": uid}]}),
+    )
+    assert remove.status_code == 200, remove.text
+    assert "members" not in remove.json()
+
+    # Un-assignment ends with DELETE: the user is preserved, never deleted.
+    gone = scim("DELETE", f"/Users/{uid}")
+    assert gone.status_code == 204
+    assert scim("GET", f"/Users/{uid}").status_code == 404
+    stored = admin_user(owner, uid)
+    assert stored["state"] == "preserved"
+    assert stored["preserved_by"] == "scim"
+
+
+def test_reassignment_after_delete_restores_the_same_user(scim: Scim, owner: TestClient) -> None:
+    uid = scim("POST", "/Users", new_user("eve@example.com")).json()["id"]
+    assert scim("DELETE", f"/Users/{uid}").status_code == 204
+    again = scim("POST", "/Users", new_user("eve@example.com"))
+    assert again.status_code == 201, again.text
+    assert again.json()["id"] == uid
+    assert admin_user(owner, uid)["state"] == "active"
+
+
+def test_scim_does_not_reactivate_a_user_an_admin_preserved(scim: Scim, owner: TestClient) -> None:
+    uid = scim("POST", "/Users", new_user("frank@example.com")).json()["id"]
+    assert owner.post(f"/api/v1/users/{uid}/preserve").status_code == 200
+    shown = scim("GET", f"/Users/{uid}").json()
+    assert shown["active"] is False
+    refused = scim(
+        "PATCH", f"/Users/{uid}", patch({"op": "replace", "path": "active", "value": True})
+    )
+    assert_scim_error(refused, 400, "mutability")
+    assert "administrator" in refused.json()["detail"]
+    stored = admin_user(owner, uid)
+    assert stored["state"] == "preserved"
+    assert stored["preserved_by"] == "admin"
+
+
+def test_scim_cannot_take_over_a_user_of_another_source(
+    scim: Scim, owner: TestClient, setup: ScimSetup
+) -> None:
+    made = owner.post(
+        "/api/v1/users",
+        json={
+            "email": "grace@example.com",
+            "profile_id": setup.profile_id,
+            "storage_region_id": setup.region_id,
+        },
+    )
+    assert made.status_code == 201, made.text
+    refused = scim("POST", "/Users", new_user("grace@example.com"))
+    assert_scim_error(refused, 409, "uniqueness")
+    assert "'manual'" in refused.json()["detail"]
+    assert admin_user(owner, str(made.json()["id"]))["source"] == "manual"
+
+
+def test_duplicate_user_name_is_a_uniqueness_error(scim: Scim) -> None:
+    assert scim("POST", "/Users", new_user("hank@example.com")).status_code == 201
+    clash = scim("POST", "/Users", new_user("HANK@example.com"))
+    assert_scim_error(clash, 409, "uniqueness")
+
+
+def test_user_no_mapping_matches_is_refused_with_the_fix(owner: TestClient) -> None:
+    setup = prepare(owner, catch_all=False)
+    assert (
+        owner.post(
+            "/api/v1/scim/mappings",
+            json={
+                "rule": {
+                    "type": "attribute",
+                    "conditions": [{"attribute": "department", "op": "equals", "value": "Sales"}],
+                },
+                "profile": "Staff",
+                "region": "eu",
+                "quota": "25GB",
+            },
+        ).status_code
+        == 201
+    )
+    scim = Scim(owner, setup.token)
+    refused = scim("POST", "/Users", new_user("ivy@example.com"))
+    assert_scim_error(refused, 400, "invalidValue")
+    assert "no SCIM mapping matches" in refused.json()["detail"]
+    assert owner.get("/api/v1/users", params={"q": "ivy"}).json()["items"] == []
+    sales = new_user("ivy@example.com", schemas=[USER_SCHEMA, ENTERPRISE])
+    sales[ENTERPRISE] = {"department": "Sales"}
+    made = scim("POST", "/Users", sales)
+    assert made.status_code == 201, made.text
+    stored = admin_user(owner, made.json()["id"])
+    assert stored["quota"] == {"value": 25, "unit": "GB"}
+
+
+def test_group_mapping_moves_members_to_its_profile(owner: TestClient, scim: Scim) -> None:
+    vip = owner.post("/api/v1/profiles", json={"name": "VIP"}).json()
+    owner.post(
+        "/api/v1/scim/mappings",
+        json={
+            "rule": {"type": "group", "group": "Executives"},
+            "profile": "VIP",
+            "region": "eu",
+            "priority": 1,
+        },
+    ).raise_for_status()
+    uid = scim("POST", "/Users", new_user("jo@example.com")).json()["id"]
+    assert admin_user(owner, uid)["profile_id"] != vip["id"]
+    scim(
+        "POST",
+        "/Groups",
+        {"schemas": [GROUP_SCHEMA], "displayName": "Executives", "members": [{"value": uid}]},
+    ).raise_for_status()
+    assert admin_user(owner, uid)["profile_id"] == vip["id"]
+
+
+# Protocol details -----------------------------------------------------------------------------
+
+
+def test_stale_if_match_is_refused_with_412_and_changes_nothing(scim: Scim) -> None:
+    made = scim("POST", "/Users", new_user("kim@example.com"))
+    uid, etag = made.json()["id"], made.headers["etag"]
+    ok = scim(
+        "PATCH",
+        f"/Users/{uid}",
+        patch({"op": "replace", "path": "title", "value": "A"}),
+        **{"If-Match": etag},
+    )
+    assert ok.status_code == 200
+    assert ok.headers["etag"] != etag
+    stale = scim(
+        "PATCH",
+        f"/Users/{uid}",
+        patch({"op": "replace", "path": "title", "value": "B"}),
+        **{"If-Match": etag},
+    )
+    assert_scim_error(stale, 412)
+    assert scim("GET", f"/Users/{uid}").json()["title"] == "A"
+
+
+def test_filters_sorting_paging_and_projection(scim: Scim) -> None:
+    for name, dept in [("c@x.org", "Ops"), ("a@x.org", "Sales"), ("b@y.org", "Sales")]:
+        body = new_user(name, schemas=[USER_SCHEMA, ENTERPRISE], title=name[0].upper())
+        body[ENTERPRISE] = {"department": dept}
+        assert scim("POST", "/Users", body).status_code == 201
+    found = scim(
+        "GET",
+        f'/Users?filter={ENTERPRISE}:department eq "Sales"'
+        ' and (userName sw "a" or userName co "@y")'
+        "&sortBy=userName&sortOrder=descending&attributes=userName",
+    ).json()
+    assert [r["userName"] for r in found["Resources"]] == ["b@y.org", "a@x.org"]
+    assert set(found["Resources"][0]) == {"schemas", "id", "userName"}
+    page = scim("GET", "/Users?sortBy=userName&startIndex=2&count=1").json()
+    assert page["totalResults"] == 3
+    assert page["startIndex"] == 2
+    assert [r["userName"] for r in page["Resources"]] == ["b@y.org"]
+    assert scim("GET", '/Users?filter=title pr and not (title eq "C")').json()["totalResults"] == 2
+    recent = scim("GET", '/Users?filter=meta.lastModified gt "2000-01-01T00:00:00Z"').json()
+    assert recent["totalResults"] == 3
+    future = scim("GET", '/Users?filter=meta.created lt "2000-01-01T00:00:00Z"').json()
+    assert future["totalResults"] == 0
+    excluded = scim("GET", "/Users?excludedAttributes=emails,name").json()["Resources"][0]
+    assert "emails" not in excluded
+    assert "userName" in excluded
+
+
+def test_put_replaces_and_refuses_another_users_name(scim: Scim) -> None:
+    a = scim("POST", "/Users", new_user("lea@example.com")).json()
+    scim("POST", "/Users", new_user("max@example.com"))
+    body = new_user("lea@example.com", displayName="Lea L")
+    replaced = scim("PUT", f"/Users/{a['id']}", body)
+    assert replaced.status_code == 200, replaced.text
+    assert replaced.json()["displayName"] == "Lea L"
+    clash = scim("PUT", f"/Users/{a['id']}", new_user("max@example.com"))
+    assert_scim_error(clash, 409, "uniqueness")
+
+
+def test_discovery_documents(scim: Scim) -> None:
+    config = scim("GET", "/ServiceProviderConfig").json()
+    assert config["patch"]["supported"] is True
+    assert config["etag"]["supported"] is True
+    assert config["bulk"]["supported"] is False
+    types = scim("GET", "/ResourceTypes").json()
+    assert {r["id"] for r in types["Resources"]} == {"User", "Group"}
+    user_type = scim("GET", "/ResourceTypes/User").json()
+    assert user_type["schemaExtensions"][0]["schema"] == ENTERPRISE
+    schemas = scim("GET", "/Schemas").json()
+    assert {s["id"] for s in schemas["Resources"]} == {USER_SCHEMA, ENTERPRISE, GROUP_SCHEMA}
+    assert scim("GET", f"/Schemas/{ENTERPRISE}").json()["id"] == ENTERPRISE
+
+
+# Authentication and tokens --------------------------------------------------------------------
+
+
+def test_requests_without_a_valid_token_are_refused(owner: TestClient, setup: ScimSetup) -> None:
+    assert_scim_error(Scim(owner, "nope")("GET", "/Users"), 401)
+    bare = owner.get("/scim/v2/Users", headers={"Authorization": ""})
+    assert_scim_error(bare, 401)
+
+
+def test_regenerating_the_token_invalidates_the_old_one(
+    owner: TestClient, setup: ScimSetup
+) -> None:
+    again = owner.post("/api/v1/scim/token", json={})
+    assert again.status_code == 409
+    fresh = owner.post("/api/v1/scim/token", json={"regenerate": True, "days": 30})
+    assert fresh.status_code == 201, fresh.text
+    assert_scim_error(Scim(owner, setup.token)("GET", "/Users"), 401)
+    assert Scim(owner, fresh.json()["token"])("GET", "/Users").status_code == 200
+    shown = owner.get("/api/v1/scim/token").json()
+    assert shown["token"] is None
+    assert fresh.json()["token"].startswith(shown["prefix"])
+
+
+def test_token_expiry_alert_opens_14_days_ahead_and_closes_on_regenerate(
+    db: Session,
+) -> None:
+    from fleetkeep.alerts.service import list_alerts
+    from fleetkeep.directories.scim import service
+
+    _, token = service.create_token(db, SYSTEM, days=30)
+    assert service.check_token_expiry(db) is None
+    assert service.check_token_expiry(db, now=token.expires_at - timedelta(days=13)) is not None
+    alerts = list_alerts(db, type="scim_token_expiry")
+    assert len(alerts) == 1
+    assert "regenerate" in alerts[0].message
+    service.create_token(db, SYSTEM, regenerate=True)
+    assert list_alerts(db, type="scim_token_expiry") == []
