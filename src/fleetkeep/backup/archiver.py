@@ -13,9 +13,10 @@ import socket
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,6 +43,15 @@ class BackupProgress:
 
 
 ProgressCallback = Callable[[BackupProgress], None]
+
+
+@dataclass
+class _PendingDir:
+    node: Node
+    children: list[Node] = field(default_factory=list)
+    waiting: list[tuple[Node, os.stat_result, bytes, Future[_FileResult | None]]] = field(
+        default_factory=list
+    )
 
 
 @dataclass
@@ -110,6 +120,7 @@ class Archiver:
         self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2))
         self._slots = threading.Semaphore(_IN_FLIGHT_FILES)
         self._stats_lock = threading.Lock()
+        self._pending_dirs: deque[_PendingDir] = deque()
 
     # -- walking -----------------------------------------------------------------------
 
@@ -168,6 +179,7 @@ class Archiver:
             node = _meta_node(name, "dir", st, child)
             node.subtree = self._virtual_dir(child, rests)
             nodes.append(node)
+        self._finish_dirs(block=True)
         return self.sink.store(BlobType.TREE, encode_tree(nodes))
 
     def _excluded(self, path: bytes, name: bytes) -> bool:
@@ -195,9 +207,10 @@ class Archiver:
         return None  # sockets, fifos and devices are not backed up
 
     def _dir(self, path: bytes, name: bytes, st: os.stat_result) -> Node:
+        """Scan a directory and queue its files; its tree is written later by
+        ``_finish_dirs``, so the walk never waits for one directory's last file."""
         node = _meta_node(name, "dir", st, path)
-        children: list[Node] = []
-        waiting: list[tuple[Node, os.stat_result, bytes, Future[_FileResult | None]]] = []
+        pending = _PendingDir(node)
         subdirs: list[tuple[bytes, bytes, os.stat_result]] = []
         try:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
@@ -219,8 +232,8 @@ class Archiver:
                 child = _meta_node(child_name, "file", est, child_path)
                 fut = self._file_later(child_path, est, child)
                 if fut is not None:
-                    waiting.append((child, est, child_path, fut))
-                children.append(child)
+                    pending.waiting.append((child, est, child_path, fut))
+                pending.children.append(child)
             elif stat.S_ISDIR(mode):
                 subdirs.append((child_path, child_name, est))
             elif stat.S_ISLNK(mode):
@@ -230,23 +243,33 @@ class Archiver:
                 except OSError:
                     self._error()
                     continue
-                children.append(child)
+                pending.children.append(child)
         for child_path, child_name, est in subdirs:
-            children.append(self._dir(child_path, child_name, est))
-        failed: set[int] = set()
-        for child, est, child_path, fut in waiting:
-            result = fut.result()
-            if result is None:
-                failed.add(id(child))
-                continue
-            child.content, child.size = result.content, result.size
-            self.cache.record(child_path, est, result.content)
-        if failed:
-            children = [c for c in children if id(c) not in failed]
-        node.subtree = self.sink.store(BlobType.TREE, encode_tree(children))
-        self.progress.dirs += 1
-        self._report()
+            pending.children.append(self._dir(child_path, child_name, est))
+        # Post-order: subdirectories were queued before their parent.
+        self._pending_dirs.append(pending)
+        self._finish_dirs(block=False)
         return node
+
+    def _finish_dirs(self, *, block: bool) -> None:
+        """Write the trees of queued directories whose files are all stored, in order."""
+        while self._pending_dirs:
+            head = self._pending_dirs[0]
+            if not block and not all(w[3].done() for w in head.waiting):
+                return
+            self._pending_dirs.popleft()
+            failed: set[int] = set()
+            for child, est, child_path, fut in head.waiting:
+                result = fut.result()
+                if result is None:
+                    failed.add(id(child))
+                    continue
+                child.content, child.size = result.content, result.size
+                self.cache.record(child_path, est, result.content)
+            children = [c for c in head.children if id(c) not in failed]
+            head.node.subtree = self.sink.store(BlobType.TREE, encode_tree(children))
+            self.progress.dirs += 1
+            self._report()
 
     # -- files -------------------------------------------------------------------------
 

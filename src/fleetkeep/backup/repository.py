@@ -13,6 +13,7 @@ import os
 import secrets
 import threading
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,6 +57,7 @@ CONFIG = "config"
 # An index file is written every this many packs, so a crash loses little indexing work
 # (the next backup adopts unindexed packs anyway).
 _INDEX_EVERY_PACKS = 64
+_UPLOADS_IN_FLIGHT = 3
 
 
 @dataclass(frozen=True)
@@ -365,6 +367,9 @@ class BlobSink:
         self._writers = {BlobType.DATA: PackWriter(), BlobType.TREE: PackWriter()}
         self._unindexed: list[tuple[str, list[PackEntry]]] = []
         self.written_packs: list[str] = []
+        self._uploader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pack-upload")
+        self._upload_slots = threading.Semaphore(_UPLOADS_IN_FLIGHT)
+        self._uploads: list[Future[None]] = []
         self.new_blobs = 0
         self.new_bytes = 0
         self.stored_bytes = 0
@@ -410,6 +415,15 @@ class BlobSink:
         return blob_id
 
     def _upload(self, writer: PackWriter) -> None:
+        """Hand a full pack to the uploader threads, so chunking goes on during the write and
+        its fsync; at most ``_UPLOADS_IN_FLIGHT`` packs wait in memory."""
+        self._upload_slots.acquire()
+        fut = self._uploader.submit(self._write_pack, writer)
+        fut.add_done_callback(lambda _: self._upload_slots.release())
+        with self._lock:
+            self._uploads.append(fut)
+
+    def _write_pack(self, writer: PackWriter) -> None:
         pack_id, data = writer.finish(self._repo.crypto)
         self._repo.store.put(pack_name(pack_id), data)
         with self._lock:
@@ -424,12 +438,20 @@ class BlobSink:
             self._repo.write_index_file(batch)
 
     def flush(self) -> list[str]:
-        """Upload partial packs and index everything uploaded; returns the new index files."""
+        """Upload partial packs, wait for all uploads and index them; returns the new index
+        files. This finishes the sink."""
         with self._lock:
             pending = [w for w in self._writers.values() if w.entries]
             self._writers = {BlobType.DATA: PackWriter(), BlobType.TREE: PackWriter()}
         for w in pending:
             self._upload(w)
+        with self._lock:
+            uploads, self._uploads = self._uploads, []
+        try:
+            for fut in uploads:
+                fut.result()
+        finally:
+            self._uploader.shutdown(wait=True)
         with self._lock:
             batch, self._unindexed = self._unindexed, []
         return [self._repo.write_index_file(batch)] if batch else []

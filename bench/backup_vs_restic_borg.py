@@ -1,0 +1,323 @@
+"""fleetkeep's backup engine against restic and borg on the same seeded data set.
+
+    uv run python bench/backup_vs_restic_borg.py [--size-mb 1000] [--files 20000]
+
+Measures initial backup, unchanged re-backup, re-backup after a 1 % mutation, full restore
+(page cache dropped first when permitted), repository size and each run's peak RSS
+(``os.wait4``), then prints a table with the ratios fleetkeep/restic and fleetkeep/borg.
+``--survey-chunk-sizes`` instead measures dedup and chunk counts per FastCDC average size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _dataset
+
+BENCH = Path(__file__).resolve().parent
+DATA = BENCH / ".data"
+WORK = BENCH / ".work"
+PASSWORD = "bench-only-password"
+
+_FLEETKEEP = """
+import os, sys, time
+from pathlib import Path
+from fleetkeep.backup import Repository
+from fleetkeep.backup.stores import FilesystemStore
+op, repo_dir, dek_hex, arg, cache = sys.argv[1:6]
+dek = bytes.fromhex(dek_hex)
+store = FilesystemStore(repo_dir)
+if op == "init":
+    Repository.init(store, dek)
+elif op == "backup":
+    Repository.open(store, dek).backup([arg], device="bench", cache_dir=cache)
+elif op == "restore":
+    repo = Repository.open(store, dek)
+    repo.restore(repo.list_snapshots()[-1], arg)
+"""
+
+
+@dataclass
+class Run:
+    seconds: float
+    max_rss_kb: int
+
+
+@dataclass
+class Results:
+    runs: dict[str, Run] = field(default_factory=dict)
+    repo_bytes: int = 0
+
+
+def _run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Run:
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise SystemExit(f"{' '.join(cmd[:3])}… failed ({proc.returncode}):\n{err[-3000:]}")
+    if proc.stderr:
+        proc.stderr.close()
+    return Run(elapsed, usage.ru_maxrss)
+
+
+def drop_caches() -> bool:
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def ensure_tools() -> None:
+    missing = [
+        pkg
+        for tool, pkg in (("restic", "restic"), ("borg", "borgbackup"))
+        if shutil.which(tool) is None
+    ]
+    if missing:
+        print(f"installing {' '.join(missing)} with apt-get …", flush=True)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, env=env)
+
+
+class Tool:
+    name = ""
+
+    def __init__(self, work: Path, data: Path) -> None:
+        self.repo = work / f"{self.name}-repo"
+        self.cache = work / f"{self.name}-cache"
+        self.data = data
+
+    def init(self) -> None:
+        raise NotImplementedError
+
+    def backup(self) -> Run:
+        raise NotImplementedError
+
+    def restore(self, target: Path) -> Run:
+        raise NotImplementedError
+
+
+class Fleetkeep(Tool):
+    name = "fleetkeep"
+
+    def __init__(self, work: Path, data: Path) -> None:
+        super().__init__(work, data)
+        self.dek = os.urandom(32).hex()
+
+    def _cmd(self, op: str, arg: str) -> list[str]:
+        return [
+            sys.executable,
+            "-c",
+            _FLEETKEEP,
+            op,
+            str(self.repo),
+            self.dek,
+            arg,
+            str(self.cache),
+        ]
+
+    def init(self) -> None:
+        _run(self._cmd("init", ""))
+
+    def backup(self) -> Run:
+        return _run(self._cmd("backup", str(self.data)))
+
+    def restore(self, target: Path) -> Run:
+        return _run(self._cmd("restore", str(target)))
+
+
+class Restic(Tool):
+    name = "restic"
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "RESTIC_PASSWORD": PASSWORD,
+            "RESTIC_REPOSITORY": str(self.repo),
+            "RESTIC_CACHE_DIR": str(self.cache),
+        }
+
+    def init(self) -> None:
+        _run(["restic", "init"], self._env())
+
+    def backup(self) -> Run:
+        return _run(["restic", "backup", "--quiet", str(self.data)], self._env())
+
+    def restore(self, target: Path) -> Run:
+        return _run(["restic", "restore", "latest", "--target", str(target)], self._env())
+
+
+class Borg(Tool):
+    name = "borg"
+
+    def __init__(self, work: Path, data: Path) -> None:
+        super().__init__(work, data)
+        self.n = 0
+
+    def _env(self) -> dict[str, str]:
+        return {
+            "BORG_PASSPHRASE": PASSWORD,
+            "BORG_BASE_DIR": str(self.cache),
+            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes",
+        }
+
+    def init(self) -> None:
+        _run(["borg", "init", "--encryption=repokey-blake2", str(self.repo)], self._env())
+
+    def backup(self) -> Run:
+        self.n += 1
+        return _run(["borg", "create", f"{self.repo}::b{self.n}", str(self.data)], self._env())
+
+    def restore(self, target: Path) -> Run:
+        target.mkdir(parents=True, exist_ok=True)
+        return _run(["borg", "extract", f"{self.repo}::b{self.n}"], self._env(), cwd=target)
+
+
+def _fmt_s(r: Run) -> str:
+    return f"{r.seconds:8.2f}s"
+
+
+def print_table(results: dict[str, Results], dataset: tuple[int, int], dropped: bool) -> None:
+    fk, rs, bg = results["fleetkeep"], results["restic"], results["borg"]
+    print(
+        f"\ndata set: {dataset[0]} files, {dataset[1] / 1e6:.0f} MB; "
+        f"page cache {'dropped before each step' if dropped else 'NOT dropped (no permission)'}"
+    )
+    head = f"{'':22}{'fleetkeep':>12}{'restic':>12}{'borg':>12}{'fk/restic':>11}{'fk/borg':>9}"
+    print(head)
+    print("-" * len(head))
+    for step in ("initial backup", "unchanged backup", "mutated backup", "full restore"):
+        a, b, c = fk.runs[step], rs.runs[step], bg.runs[step]
+        print(
+            f"{step:22}{_fmt_s(a):>12}{_fmt_s(b):>12}{_fmt_s(c):>12}"
+            f"{a.seconds / b.seconds:>11.2f}{a.seconds / c.seconds:>9.2f}"
+        )
+    print(
+        f"{'repository size':22}{fk.repo_bytes / 1e6:>10.1f}MB{rs.repo_bytes / 1e6:>10.1f}MB"
+        f"{bg.repo_bytes / 1e6:>10.1f}MB{fk.repo_bytes / rs.repo_bytes:>11.2f}"
+        f"{fk.repo_bytes / bg.repo_bytes:>9.2f}"
+    )
+    peak = {n: max(r.max_rss_kb for r in res.runs.values()) for n, res in results.items()}
+    print(
+        f"{'peak RSS (any step)':22}{peak['fleetkeep'] / 1024:>10.0f}MB"
+        f"{peak['restic'] / 1024:>10.0f}MB{peak['borg'] / 1024:>10.0f}MB"
+        f"{peak['fleetkeep'] / peak['restic']:>11.2f}{peak['fleetkeep'] / peak['borg']:>9.2f}"
+    )
+    print("\npeak RSS per step (MB):")
+    for step in fk.runs:
+        print(
+            f"  {step:20}"
+            + "".join(f"{results[n].runs[step].max_rss_kb / 1024:>10.0f}" for n in results)
+        )
+
+
+def benchmark(size_mb: int, files: int, only: list[str]) -> None:
+    ensure_tools()
+    pristine = DATA / f"pristine-{size_mb}mb-{files}f"
+    if not (pristine / ".complete").exists():
+        print(f"generating {size_mb} MB / {files} files in {pristine} …", flush=True)
+        _dataset.generate(pristine, size_mb=size_mb, files=files)
+        (pristine / ".complete").touch()
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir(parents=True)
+    data = WORK / "data"
+    subprocess.run(["cp", "-a", str(pristine), str(data)], check=True)
+    (data / ".complete").unlink()
+    dataset = _dataset.tree_bytes(data)
+    tools = [t(WORK, data) for t in (Fleetkeep, Restic, Borg) if t.name in only]
+    results = {t.name: Results() for t in tools}
+    dropped = False
+    for t in tools:
+        t.init()
+    for step in ("initial backup", "unchanged backup"):
+        for t in tools:
+            dropped = drop_caches()
+            results[t.name].runs[step] = r = t.backup()
+            print(
+                f"{t.name:10} {step:18} {r.seconds:7.2f}s  rss {r.max_rss_kb / 1024:.0f} MB",
+                flush=True,
+            )
+    _dataset.mutate(data)
+    for t in tools:
+        drop_caches()
+        results[t.name].runs["mutated backup"] = r = t.backup()
+        print(
+            f"{t.name:10} {'mutated backup':18} {r.seconds:7.2f}s  rss "
+            f"{r.max_rss_kb / 1024:.0f} MB",
+            flush=True,
+        )
+    for t in tools:
+        target = WORK / f"{t.name}-restore"
+        drop_caches()
+        results[t.name].runs["full restore"] = r = t.restore(target)
+        print(
+            f"{t.name:10} {'full restore':18} {r.seconds:7.2f}s  rss {r.max_rss_kb / 1024:.0f} MB",
+            flush=True,
+        )
+        restored = next(p for p in target.rglob("data") if p.is_dir() and (p / "proj00").exists())
+        check = subprocess.run(
+            ["diff", "-rq", "--no-dereference", str(data), str(restored)],
+            capture_output=True,
+            text=True,
+        )
+        if check.returncode != 0:
+            raise SystemExit(f"{t.name} restore differs:\n{check.stdout[:2000]}")
+        shutil.rmtree(target)
+        results[t.name].repo_bytes = du(t.repo)
+    if len(tools) == 3:
+        print_table(results, dataset, dropped)
+    else:
+        for name, res in results.items():
+            print(
+                name,
+                {k: round(v.seconds, 2) for k, v in res.runs.items()},
+                f"{res.repo_bytes / 1e6:.1f} MB",
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size-mb", type=int, default=1000)
+    parser.add_argument(
+        "--files",
+        type=int,
+        default=None,
+        help="number of files (default: 20 per MB, at most 20,000)",
+    )
+    parser.add_argument("--only", default="fleetkeep,restic,borg")
+    parser.add_argument("--survey-chunk-sizes", action="store_true")
+    args = parser.parse_args()
+    files = args.files or min(20_000, max(100, args.size_mb * 20))
+    if args.survey_chunk_sizes:
+        import _chunk_survey
+
+        _chunk_survey.survey(DATA, args.size_mb, files)
+    else:
+        benchmark(args.size_mb, files, args.only.split(","))
+
+
+if __name__ == "__main__":
+    main()
