@@ -16,6 +16,7 @@ from fleetkeep.clikit import actor, console, db, engine, fail, handles_errors, s
 from fleetkeep.connector.cli import connector_app
 from fleetkeep.deployment.cli import deploy_app, devices_app
 from fleetkeep.deployment.cli import tokens_app as deployment_tokens_app
+from fleetkeep.directories.cli import directories_app
 from fleetkeep.directories.scim.cli import scim_app
 from fleetkeep.identity.cli import profiles_app, regions_app, users_app
 from fleetkeep.keys.cli import keys_app
@@ -35,6 +36,7 @@ app.add_typer(tokens_app, name="api-tokens")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
+app.add_typer(directories_app, name="directories")
 app.add_typer(scim_app, name="scim")
 app.add_typer(deployment_tokens_app, name="tokens")
 app.add_typer(devices_app, name="devices")

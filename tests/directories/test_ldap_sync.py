@@ -411,3 +411,36 @@ def test_a_directory_that_goes_down_mid_fetch_changes_nothing(
         from fleetkeep.alerts.models import Alert, AlertStatus
 
         assert session.scalars(select(Alert)).one().status is AlertStatus.RESOLVED
+
+
+def test_the_scheduled_job_syncs_directories_whose_interval_has_elapsed(
+    slapd: Slapd, factory: sessionmaker[Session], data_dir: Path, places: dict[str, int]
+) -> None:
+    from fleetkeep.directories.jobs import directory_jobs
+    from fleetkeep.directories.models import SyncRun
+    from fleetkeep.settings import Settings
+
+    ou = slapd.new_ou()
+    slapd.add_ad_user(ou, "sched")
+    directory_id = make_directory(
+        factory,
+        data_dir,
+        slapd,
+        ou,
+        sync_interval_hours=1.0,
+        mappings=[
+            {
+                "rule": {"type": "all"},
+                "profile_id": places["Staff"],
+                "storage_region_id": places["region"],
+            }
+        ],
+    )
+    [job] = directory_jobs(Settings(data_dir=data_dir))
+    assert job.name == "directory-sync"
+    job.run(factory)
+    job.run(factory)  # within the interval: nothing to do
+    with factory() as session:
+        runs = session.scalars(select(SyncRun).where(SyncRun.directory_id == directory_id)).all()
+    assert [(r.trigger, r.status) for r in runs] == [("schedule", SyncStatus.SUCCEEDED)]
+    assert "sched" in users_by_name(factory)

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleetkeep.audit.service import SYSTEM
 from fleetkeep.db import transaction
 from fleetkeep.deployment.jobs import deployment_jobs
+from fleetkeep.directories.jobs import directory_jobs
 from fleetkeep.directories.scim.jobs import scim_jobs
 from fleetkeep.identity.service import purge_deleted_users
 from fleetkeep.jobs.scheduler import Job
@@ -25,6 +26,7 @@ def builtin_jobs(settings: Settings) -> list[Job]:
         Job("purge-deleted-users", timedelta(hours=6), purge),
         *key_jobs(settings),
         *deployment_jobs(settings),
+        *directory_jobs(settings),
         *scim_jobs(settings),
     ]
     return [_with_interval(job, settings) for job in jobs]
