@@ -1,7 +1,8 @@
 """What this device can say about itself at activation: names, hardware identity, OS, user.
 
 ``FLEETKEEP_HOSTNAME``, ``FLEETKEEP_SERIAL``, ``FLEETKEEP_HARDWARE_UUID`` and
-``FLEETKEEP_PLATFORM`` override detection (golden images, VDI, mobile wrappers, tests).
+``FLEETKEEP_PLATFORM`` override detection (golden images, VDI, mobile wrappers, tests); set
+but empty, the serial/UUID variables mean "report none".
 """
 
 from __future__ import annotations
@@ -29,15 +30,21 @@ def _first_readable(*paths: str) -> str:
     return ""
 
 
+def _override(variable: str, *paths: str) -> str:
+    """The variable when set (even empty: cloned images must not report a shared id)."""
+    value = os.environ.get(variable)
+    return value.strip() if value is not None else _first_readable(*paths)
+
+
 def device_facts() -> dict[str, str]:
     env = os.environ
     return {
         "hostname": env.get("FLEETKEEP_HOSTNAME") or socket.gethostname(),
         "platform": env.get("FLEETKEEP_PLATFORM") or PLATFORMS.get(sys.platform, "linux"),
-        "serial_number": env.get("FLEETKEEP_SERIAL")
-        or _first_readable("/sys/class/dmi/id/product_serial"),
-        "hardware_uuid": env.get("FLEETKEEP_HARDWARE_UUID")
-        or _first_readable("/sys/class/dmi/id/product_uuid", "/etc/machine-id"),
+        "serial_number": _override("FLEETKEEP_SERIAL", "/sys/class/dmi/id/product_serial"),
+        "hardware_uuid": _override(
+            "FLEETKEEP_HARDWARE_UUID", "/sys/class/dmi/id/product_uuid", "/etc/machine-id"
+        ),
         "os": platform.platform(),
         "agent_version": __version__,
         "os_username": getpass.getuser(),

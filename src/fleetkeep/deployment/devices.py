@@ -8,7 +8,7 @@ Device lifecycle::
       ├──mark for replacement──▶ pending-replacement ──new device activates──▶ decommissioned
       └──decommission────────────────────────────────────────────────────────▶ decommissioned
 
-A decommissioned device gives up its hardware identity (serial/UUID keys) and its token.
+A decommissioned device gives up its hardware identity (serial/UUID keys); its token is refused.
 """
 
 from __future__ import annotations
@@ -132,8 +132,8 @@ def decommission_device(session: Session, actor: Actor, device_id: int) -> Devic
 
 
 def retire(session: Session, actor: Actor, device: Device, action: str) -> Device:
-    """Decommission: the token stops working and the hardware identity is released."""
-    device.token_hash = None
+    """Decommission: the hardware identity is released. The token hash stays so the agent is
+    told ``device_decommissioned`` (and stops) rather than just ``token_invalid``."""
     device.serial_key = None
     device.uuid_key = None
     return _set_state(session, actor, device, DeviceState.DECOMMISSIONED, action)

@@ -92,6 +92,12 @@ def plan_paths(old: Home, new: Home, scope: RestoreScope, old_device_name: str) 
         include.append(source)
         if old.platform is new.platform:
             rules.append({"from": source, "to": new.join(SYSTEM_FOLDERS[new.platform])})
+        else:
+            # Another OS's settings must not land in the new home: park them explicitly.
+            kept = [p.rstrip(":") for p in re.split(r"[\\/]+", source) if p]
+            rules.append(
+                {"from": source, "to": new.join(RESTORE_FOLDER, _safe_name(old_device_name), *kept)}
+            )
     if scope is RestoreScope.ALL:
         include.append(old.path)
         if not mobile:

@@ -14,9 +14,9 @@ from fleetkeep.alerts import api as alerts_api
 from fleetkeep.audit import api as audit_api
 from fleetkeep.console import views as console_views
 from fleetkeep.db import make_engine, make_sessionmaker
-from fleetkeep.directories import api as directories_api
 from fleetkeep.deployment import api as deployment_api
 from fleetkeep.deployment import device_api
+from fleetkeep.directories import api as directories_api
 from fleetkeep.directories.scim import admin_api as scim_admin_api
 from fleetkeep.directories.scim import api as scim_api
 from fleetkeep.identity import api as identity_api

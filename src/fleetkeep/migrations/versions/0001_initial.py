@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-11-23 12:16:23.425163
+Create Date: 2026-11-23 12:32:12.513657
 """
 
 from collections.abc import Sequence
