@@ -17,6 +17,7 @@ from fleetkeep.connector.cli import connector_app
 from fleetkeep.deployment.cli import deploy_app, devices_app
 from fleetkeep.deployment.cli import tokens_app as deployment_tokens_app
 from fleetkeep.directories.cli import directories_app
+from fleetkeep.directories.csv_import_cli import import_users
 from fleetkeep.directories.scim.cli import scim_app
 from fleetkeep.identity.cli import profiles_app, regions_app, users_app
 from fleetkeep.keys.cli import keys_app
@@ -29,6 +30,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(users_app, name="users")
+users_app.command("import")(import_users)
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(regions_app, name="regions")
 app.add_typer(admins_app, name="admins")

@@ -17,6 +17,7 @@ from fleetkeep.db import make_engine, make_sessionmaker
 from fleetkeep.deployment import api as deployment_api
 from fleetkeep.deployment import device_api
 from fleetkeep.directories import api as directories_api
+from fleetkeep.directories import csv_import_api
 from fleetkeep.directories.scim import admin_api as scim_admin_api
 from fleetkeep.directories.scim import api as scim_api
 from fleetkeep.identity import api as identity_api
@@ -43,6 +44,7 @@ ADMIN_ROUTERS: list[APIRouter] = [
     keys_api.router,
     deployment_api.router,
     scim_admin_api.router,
+    csv_import_api.router,
 ]
 # Routers mounted as they are (they carry their own auth: device tokens, SCIM tokens …).
 OTHER_ROUTERS: list[APIRouter] = [
@@ -53,7 +55,10 @@ OTHER_ROUTERS: list[APIRouter] = [
     scim_api.router,
 ]
 # Larger body limits for upload routes, by path prefix.
-BODY_LIMITS: dict[str, int] = {"/api/v1/device-mappings": 32 * 1024 * 1024}
+BODY_LIMITS: dict[str, int] = {
+    "/api/v1/device-mappings": 32 * 1024 * 1024,
+    "/api/v1/imports": 33 * 1024 * 1024,
+}
 
 
 def create_app(
