@@ -1,52 +1,29 @@
-"""Fixtures for the key tests: the key tables, a keyring, users to give keys to."""
+"""Fixtures for the key tests: a keyring with its own hub, and users to give keys to."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, inspect
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetkeep.audit.service import SYSTEM
-from fleetkeep.db import Base, make_sessionmaker
+from fleetkeep.db import make_sessionmaker
 from fleetkeep.identity import service as identity
 from fleetkeep.keys.hub import ConnectorHub
-from fleetkeep.keys.models import ConnectorSession, ConnectorToken, KeyVersion, WrappedKey
 from fleetkeep.keys.service import Keyring
 from fleetkeep.settings import Settings
-
-KEY_TABLES = [
-    KeyVersion.__table__,
-    WrappedKey.__table__,
-    ConnectorToken.__table__,
-    ConnectorSession.__table__,
-]
-
-
-def ensure_key_tables(engine: Engine) -> None:
-    """Until the initial migration is regenerated with the key tables, create them here."""
-    existing = set(inspect(engine).get_table_names())
-    missing = [t for t in KEY_TABLES if t.name not in existing]
-    if missing:
-        Base.metadata.create_all(engine, tables=missing)  # type: ignore[arg-type]
 
 
 @pytest.fixture
 def factory(clean_engine: Engine) -> sessionmaker[Session]:
-    ensure_key_tables(clean_engine)
     return make_sessionmaker(clean_engine)
 
 
 @pytest.fixture
-def key_settings(settings: Settings) -> Settings:
-    return settings
-
-
-@pytest.fixture
-def keyring(key_settings: Settings, factory: sessionmaker[Session]) -> Keyring:
-    return Keyring(key_settings, factory, ConnectorHub())
+def keyring(settings: Settings, factory: sessionmaker[Session]) -> Keyring:
+    return Keyring(settings, factory, ConnectorHub())
 
 
 @pytest.fixture
@@ -78,7 +55,3 @@ def make_users(session: Session, count: int, prefix: str = "u") -> list[int]:
 @pytest.fixture
 def users(session: Session) -> list[int]:
     return make_users(session, 5)
-
-
-def key_file_of(settings: Settings) -> Path:
-    return settings.resolved_key_file

@@ -7,6 +7,7 @@ AWS environment (``AWS_ENDPOINT_URL_KMS`` points tests at moto); the region from
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import boto3
@@ -33,6 +34,10 @@ _DENIED = {
     "IncorrectKeyException",
 }
 _CLIENT_CONFIG = Config(connect_timeout=2, read_timeout=5, retries={"max_attempts": 2})
+# At DEBUG, botocore logs request parameters and response bodies: Encrypt's Plaintext and
+# Decrypt's Plaintext are DEKs. Keep its loggers at INFO whatever the root level is.
+for _name in ("botocore", "boto3"):
+    logging.getLogger(_name).setLevel(logging.INFO)
 
 
 def kms_client(key_arn: str) -> Any:
@@ -52,10 +57,11 @@ def describe_key(key_arn: str) -> str:
         raise KeyAccessDenied(f"AWS KMS refused {key_arn}: {_describe(exc)}") from None
     except BotoCoreError as exc:
         raise KeyProviderNotConnected(f"AWS KMS unreachable: {exc}") from None
-    if metadata.get("KeyState") != "Enabled" or metadata.get("KeyUsage") != "ENCRYPT_DECRYPT":
+    usage = metadata.get("KeyUsage", "ENCRYPT_DECRYPT")
+    if metadata.get("KeyState") != "Enabled" or usage != "ENCRYPT_DECRYPT":
         raise KeyAccessDenied(
             f"KMS key {key_arn} is {metadata.get('KeyState')}, "
-            f"usage {metadata.get('KeyUsage')}; it must be an enabled "
+            f"usage {usage}; it must be an enabled "
             "ENCRYPT_DECRYPT key"
         )
     return str(metadata["Arn"])
