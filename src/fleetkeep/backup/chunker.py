@@ -56,19 +56,20 @@ class Chunker:
     def split_file(self, fd: int, size_hint: int) -> Iterator[memoryview]:
         """Chunks of an open file. Each view is valid only until the next one is produced."""
         if size_hint <= self.params.max_size:
-            # Read one byte past the expected size so a file that grew is still read whole.
-            buf = bytearray(size_hint + 1)
-            view = memoryview(buf)
-            n = 0
-            while n < len(buf):
-                got = os.readv(fd, [view[n:]])
-                if got == 0:
-                    break
-                n += got
-            if n <= size_hint:
-                yield from self.split(view[:n])
+            # Ask for one byte more than expected so a file that grew is still read whole.
+            head = os.read(fd, size_hint + 1)
+            if len(head) < size_hint + 1:
+                while True:  # short reads are legal; read until EOF or past the hint
+                    more = os.read(fd, size_hint + 1 - len(head))
+                    if not more:
+                        break
+                    head += more
+                    if len(head) > size_hint:
+                        break
+            if len(head) <= size_hint:
+                yield from self.split(head)
                 return
-            stream: io.RawIOBase = _Prefixed(bytes(view[:n]), fd)
+            stream: io.RawIOBase = _Prefixed(head, fd)
         else:
             stream = io.FileIO(fd, closefd=False)
         for chunk in self._cdc().cut_stream(stream):
