@@ -422,6 +422,20 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "entra_delta_state",
+        sa.Column("directory_id", sa.Integer(), nullable=False),
+        sa.Column("delta_link", sa.Text(), nullable=False),
+        sa.Column("snapshot", sa.JSON(), nullable=False),
+        sa.Column("updated_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["directory_id"],
+            ["directories.id"],
+            name=op.f("fk_entra_delta_state_directory_id_directories"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("directory_id", name=op.f("pk_entra_delta_state")),
+    )
+    op.create_table(
         "job_runs",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sa.String(length=100), nullable=False),
@@ -842,6 +856,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_job_runs_name"))
 
     op.drop_table("job_runs")
+    op.drop_table("entra_delta_state")
     with op.batch_alter_table("directory_sync_runs", schema=None) as batch_op:
         batch_op.drop_index("ix_directory_sync_runs_directory")
 

@@ -1,0 +1,122 @@
+"""Reading the JSON APIs of cloud directories (Microsoft Graph, Google Admin SDK) politely.
+
+Both APIs throttle (429 + ``Retry-After``), fail transiently (5xx), and expire or revoke
+access tokens (401). ``CloudReader.get`` honours ``Retry-After``, backs off exponentially on
+5xx and network errors, and fetches a fresh token once after a 401; anything else, or running
+out of attempts, is a ``FetchFailed`` naming the URL and what the service said, so a sync
+aborts and changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from fleetkeep.directories.ldap import FetchFailed
+
+log = logging.getLogger("fleetkeep.directories.cloud")
+
+# Token provider: ``fresh=True`` must not return a cached token.
+TokenSource = Callable[[bool], str]
+MAX_RETRY_AFTER = 120.0
+
+
+class CloudReader:
+    def __init__(
+        self,
+        tokens: TokenSource,
+        *,
+        ca_file: str = "",
+        timeout: float = 30.0,
+        attempts: int = 6,
+        backoff: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.tokens = tokens
+        self.attempts = attempts
+        self.backoff = backoff
+        self.sleep = sleep
+        # A private CA (``ca_file``) for TLS-inspecting proxies, national clouds and tests.
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=ca_file) if ca_file else True
+        )
+        self.http = httpx.Client(verify=verify, timeout=timeout)
+        self.requests = 0
+        self.throttled = 0
+
+    def close(self) -> None:
+        self.http.close()
+
+    def get(self, url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """GET a JSON object, retrying as the module docstring says."""
+        refreshed = False
+        token = self.tokens(False)
+        for attempt in range(1, self.attempts + 1):
+            self.requests += 1
+            try:
+                response = self.http.get(
+                    url, params=params, headers={"Authorization": f"Bearer {token}"}
+                )
+            except httpx.TransportError as exc:
+                if attempt == self.attempts:
+                    raise FetchFailed(f"{url}: {exc}", stage="network") from None
+                self.sleep(self._delay(attempt))
+                continue
+            status = response.status_code
+            if status == 200:
+                data = response.json()
+                if not isinstance(data, dict):
+                    raise FetchFailed(f"{url}: the answer is not a JSON object", stage="response")
+                return data
+            if status == 401 and not refreshed:
+                refreshed = True
+                token = self.tokens(True)
+                continue
+            if status == 429 or status >= 500:
+                if attempt == self.attempts:
+                    break
+                if status == 429:
+                    self.throttled += 1
+                self.sleep(self._retry_after(response) or self._delay(attempt))
+                continue
+            raise FetchFailed(
+                f"{url}: HTTP {status}: {_message(response)}",
+                stage="auth" if status in (401, 403) else "request",
+                status=status,
+            )
+        raise FetchFailed(
+            f"{url}: still HTTP {response.status_code} after {self.attempts} attempts: "
+            f"{_message(response)}",
+            stage="throttled" if response.status_code == 429 else "unavailable",
+            status=response.status_code,
+        )
+
+    def _delay(self, attempt: int) -> float:
+        return float(min(self.backoff * 2 ** (attempt - 1), 30.0))
+
+    @staticmethod
+    def _retry_after(response: httpx.Response) -> float | None:
+        value = response.headers.get("retry-after", "")
+        try:
+            return min(max(float(value), 0.0), MAX_RETRY_AFTER)
+        except ValueError:
+            return None
+
+
+def _message(response: httpx.Response) -> str:
+    """The service's own error text (Graph: error.message; Google: error.message)."""
+    try:
+        data = response.json()
+    except ValueError:
+        return response.text[:200]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("code") or error)[:300]
+    if isinstance(data, dict) and "error_description" in data:
+        return str(data["error_description"])[:300]
+    return str(error or data)[:300]
