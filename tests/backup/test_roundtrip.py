@@ -171,3 +171,24 @@ def test_changed_file_is_reread_despite_cache(repo: Repository, tmp_path: Path) 
     repo.restore(snap, tmp_path / "out")
 
     assert (tmp_path / "out" / f.relative_to("/")).read_bytes() == b"two" * 1000
+
+
+def test_local_object_cache_serves_index_and_snapshots_and_survives_damage(
+    repo: Repository, store: FilesystemStore, dek: bytes, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_text("a" * 5000)
+    cache = tmp_path / "cache"
+    first = Repository.open(store, dek, cache_dir=cache).backup([src], device="d")
+    opened = Repository.open(store, dek, cache_dir=cache)
+    assert [s.id for s in opened.list_snapshots()] == [first.id]
+    cached = cache / opened.config.repository_id
+    copies = [*(cached / "index").iterdir(), *(cached / "snapshots").iterdir()]
+    assert len(copies) == 2
+    for p in copies:
+        p.write_bytes(b"garbage")
+    again = Repository.open(store, dek, cache_dir=cache)
+    assert [s.id for s in again.list_snapshots()] == [first.id]
+    again.restore(first, tmp_path / "out")
+    assert (tmp_path / "out" / src.relative_to("/") / "a").read_text() == "a" * 5000

@@ -133,10 +133,16 @@ def _config_json(cfg: RepoConfig) -> bytes:
 class Repository:
     """Open with :meth:`open` (or create with :meth:`init`); then back up, restore, check."""
 
-    def __init__(self, store: Store, crypto: Crypto, config: RepoConfig) -> None:
+    def __init__(
+        self, store: Store, crypto: Crypto, config: RepoConfig, cache_dir: Path | None = None
+    ) -> None:
         self.store = store
         self.crypto = crypto
         self.config = config
+        # Index files and snapshots are immutable and named by their hash: a local copy saves
+        # a remote store a round trip per object on every open.
+        self.cache_dir = cache_dir
+        self.object_cache = cache_dir / config.repository_id if cache_dir else None
         self.chunker = Chunker(config.chunker)
         self.index = Index()
         self.index_files: list[str] = []
@@ -169,7 +175,9 @@ class Repository:
         return cls(store, crypto, cfg)
 
     @classmethod
-    def open(cls, store: Store, dek: bytes) -> Repository:
+    def open(
+        cls, store: Store, dek: bytes, *, cache_dir: str | os.PathLike[str] | None = None
+    ) -> Repository:
         try:
             raw = store.get(CONFIG)
         except ObjectNotFound:
@@ -199,7 +207,7 @@ class Repository:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise IntegrityError(f"config: malformed ({exc})") from exc
-        repo = cls(store, crypto, cfg)
+        repo = cls(store, crypto, cfg, Path(cache_dir) if cache_dir is not None else None)
         repo.load_index()
         return repo
 
@@ -213,10 +221,19 @@ class Repository:
                 index.add_pack(pack_id, entries)
         self.index = index
         self.index_files = names
+        self._forget_cached("index", names)
+
+    def _forget_cached(self, folder: str, names: list[str]) -> None:
+        """Drop local copies of objects the store no longer lists."""
+        if self.object_cache is None or not (self.object_cache / folder).is_dir():
+            return
+        listed = {n.rpartition("/")[2] for n in names}
+        for local in (self.object_cache / folder).iterdir():
+            if local.name not in listed:
+                local.unlink(missing_ok=True)
 
     def read_index_file(self, name: str) -> list[tuple[str, list[PackEntry]]]:
-        raw = self.crypto.open_object(ObjectKind.INDEX, self.store.get(name), name)
-        return list(decode_index(raw, name))
+        return list(decode_index(self.load_object(ObjectKind.INDEX, name), name))
 
     def write_index_file(self, packs: Iterable[tuple[str, list[PackEntry]]]) -> str:
         return self.save_object(ObjectKind.INDEX, "index", encode_index(packs))
@@ -238,9 +255,23 @@ class Repository:
         return name
 
     def load_object(self, kind: ObjectKind, name: str) -> bytes:
-        sealed = self.store.get(name)
-        if content_name(sealed) != name.rpartition("/")[2]:
-            raise IntegrityError(f"{name}: content does not match its name")
+        """Fetch (through the local cache, if any), verify against the name, decrypt."""
+        expected = name.rpartition("/")[2]
+        local = self.object_cache / name if self.object_cache is not None else None
+        sealed = None
+        if local is not None and local.is_file():
+            sealed = local.read_bytes()
+            if content_name(sealed) != expected:
+                sealed = None  # a damaged cache copy: fetch the object again
+        if sealed is None:
+            sealed = self.store.get(name)
+            if content_name(sealed) != expected:
+                raise IntegrityError(f"{name}: content does not match its name")
+            if local is not None:
+                local.parent.mkdir(parents=True, exist_ok=True)
+                tmp = local.with_name(f".{local.name}.tmp")
+                tmp.write_bytes(sealed)
+                os.replace(tmp, local)
         return self.crypto.open_object(kind, sealed, name)
 
     def read_blob(self, blob_id: bytes, blob_type: BlobType = BlobType.DATA) -> bytes:
@@ -258,7 +289,9 @@ class Repository:
     # -- snapshots ---------------------------------------------------------------------
 
     def list_snapshots(self) -> list[Snapshot]:
-        snaps = [self.load_snapshot(o.name) for o in self.store.list("snapshots/")]
+        names = [o.name for o in self.store.list("snapshots/")]
+        snaps = [self.load_snapshot(n) for n in names]
+        self._forget_cached("snapshots", names)
         return sorted(snaps, key=lambda s: s.time)
 
     def load_snapshot(self, name: str) -> Snapshot:
@@ -298,7 +331,7 @@ class Repository:
             device=device,
             hostname=hostname,
             excludes=excludes,
-            cache_dir=Path(cache_dir) if cache_dir is not None else None,
+            cache_dir=Path(cache_dir) if cache_dir is not None else self.cache_dir,
             progress_cb=progress_cb,
             workers=workers,
         )
