@@ -11,6 +11,7 @@ from fleetkeep.db import transaction
 from fleetkeep.deployment.jobs import deployment_jobs
 from fleetkeep.directories.jobs import directory_jobs
 from fleetkeep.directories.entra import entra_jobs
+from fleetkeep.directories.google import google_jobs
 from fleetkeep.directories.scim.jobs import scim_jobs
 from fleetkeep.identity.service import purge_deleted_users
 from fleetkeep.jobs.scheduler import Job
@@ -30,6 +31,7 @@ def builtin_jobs(settings: Settings) -> list[Job]:
         *directory_jobs(settings),
         *scim_jobs(settings),
         *entra_jobs(settings),
+        *google_jobs(settings),
     ]
     return [_with_interval(job, settings) for job in jobs]
 

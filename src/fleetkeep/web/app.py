@@ -17,7 +17,7 @@ from fleetkeep.db import make_engine, make_sessionmaker
 from fleetkeep.deployment import api as deployment_api
 from fleetkeep.deployment import device_api
 from fleetkeep.directories import api as directories_api
-from fleetkeep.directories import csv_import_api, entra_api
+from fleetkeep.directories import csv_import_api, entra_api, google_api
 from fleetkeep.directories.scim import admin_api as scim_admin_api
 from fleetkeep.directories.scim import api as scim_api
 from fleetkeep.identity import api as identity_api
@@ -46,6 +46,7 @@ ADMIN_ROUTERS: list[APIRouter] = [
     scim_admin_api.router,
     csv_import_api.router,
     entra_api.router,
+    google_api.router,
 ]
 # Routers mounted as they are (they carry their own auth: device tokens, SCIM tokens …).
 OTHER_ROUTERS: list[APIRouter] = [
