@@ -207,12 +207,11 @@ def remove_mapping(session: Session, actor: Actor, mapping_id: int) -> None:
 
 
 def _import_mappings(session: Session) -> list[CompiledMapping]:
-    directory = session.scalar(select(Directory).where(Directory.kind == DirectoryKind.SCIM))
-    if directory is None:
+    directory_id = session.scalar(select(Directory.id).where(Directory.kind == DirectoryKind.SCIM))
+    if directory_id is None:
         return []
-    return [
-        m for m in compiled_mappings(session, directory.id) if m.purpose is MappingPurpose.IMPORT
-    ]
+    mappings = compiled_mappings(session, directory_id)
+    return [m for m in mappings if m.purpose is MappingPurpose.IMPORT]
 
 
 def rule_candidate(resource: UserResource) -> Candidate:
@@ -268,10 +267,13 @@ def _assignment(mapping: CompiledMapping) -> dict[str, Any]:
 
 @dataclass
 class Stored:
-    """A User resource as served, with the version behind its ETag."""
+    """A User resource as served, with the version behind its ETag (and the rows behind it)."""
 
     resource: UserResource
     version: int
+    user: User
+    row: ScimUser
+    groups: list[GroupMembership]
 
 
 def create_user(session: Session, actor: Actor, resource: UserResource, base_url: str) -> Stored:
@@ -317,7 +319,7 @@ def create_user(session: Session, actor: Actor, resource: UserResource, base_url
     session.add(row)
     _apply_active(session, actor, user, resource.active)
     session.flush()
-    return Stored(_user_resource(user, row, [], base_url), row.version)
+    return Stored(_user_resource(user, row, [], base_url), row.version, user, row, [])
 
 
 def _adopt(session: Session, user: User, email: str) -> None:
@@ -347,7 +349,7 @@ def _adopt(session: Session, user: User, email: str) -> None:
 def get_user(session: Session, user_id: str, base_url: str) -> Stored:
     user, row = _load_user(session, user_id)
     groups = _memberships(session, [user.id]).get(user.id, [])
-    return Stored(_user_resource(user, row, groups, base_url), row.version)
+    return Stored(_user_resource(user, row, groups, base_url), row.version, user, row, groups)
 
 
 def replace_user(
@@ -459,7 +461,7 @@ def _load_user(session: Session, user_id: str) -> tuple[User, ScimUser]:
 def _save_user(
     session: Session, actor: Actor, current: Stored, resource: UserResource, base_url: str
 ) -> Stored:
-    user, row = _load_user(session, str(current.resource.id))
+    user, row, groups = current.user, current.row, current.groups
     user_name = resource.user_name or row.user_name
     if user_name.lower() != row.user_name_key:
         _unique_user_name(session, user_name, user.id)
@@ -469,7 +471,6 @@ def _save_user(
     except InvalidInput as exc:
         raise ScimError(400, exc.detail, "invalidValue") from None
     fields = _user_fields(resource, email)
-    groups = _memberships(session, [user.id]).get(user.id, [])
     resource.groups = groups or None
     mapping = match_mapping(_import_mappings(session), resource)
     if mapping is not None:
@@ -487,7 +488,7 @@ def _save_user(
     row.updated_at = utcnow()
     record(session, actor, "scim.user.update", "user", user.id, after={"version": row.version})
     session.flush()
-    return Stored(_user_resource(user, row, groups, base_url), row.version)
+    return Stored(_user_resource(user, row, groups, base_url), row.version, user, row, groups)
 
 
 def _apply_active(session: Session, actor: Actor, user: User, active: bool | None) -> None:

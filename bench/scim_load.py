@@ -1,0 +1,197 @@
+"""SCIM load: 20,000 mixed operations from 32 concurrent clients against ``fleetkeep serve``.
+
+Mix: 60 % GET by filter (``userName eq``), 25 % PATCH (replace title / toggle active),
+15 % POST (new users). The server runs on a throw-away PostgreSQL database on loopback;
+the load generator runs on the same machine (it takes CPU from the server, as a real
+co-located client would not: the figures are a floor). Prints throughput, p50/p99 latency
+and errors, against the target (500 req/s, p99 < 50 ms, 0 errors) as a ratio.
+
+    uv run python bench/scim_load.py [--ops 20000] [--clients 32] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.servers import (  # noqa: E402
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    ServerProcess,
+    fleetkeep_env,
+    free_port,
+    run_cli,
+    wait_ready,
+)
+
+PG_ADMIN = os.environ.get(
+    "FLEETKEEP_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+USER = "urn:ietf:params:scim:schemas:core:2.0:User"
+PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
+TARGET_RPS, TARGET_P99_MS = 500.0, 50.0
+
+
+def create_database() -> str:
+    name = f"fk_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(url: str) -> None:
+    admin = create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{url.rsplit("/", 1)[1]}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def start(data_dir: Path, url: str) -> ServerProcess:
+    port = free_port()
+    env = fleetkeep_env(
+        data_dir, url, FLEETKEEP_LISTEN_PORT=str(port), FLEETKEEP_LOG_LEVEL="WARNING"
+    )
+    run_cli(["init", "--email", ADMIN_EMAIL, "--password-stdin"], env, stdin=ADMIN_PASSWORD + "\n")
+    log = (data_dir / "server.log").open("wb")
+    process = subprocess.Popen(
+        [str(Path(sys.executable).parent / "fleetkeep"), "serve", "--no-jobs"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    server = ServerProcess(
+        f"http://127.0.0.1:{port}", data_dir, url, env, process, data_dir / "server.log"
+    )
+    wait_ready(server)
+    return server
+
+
+def prepare(server: ServerProcess) -> str:
+    with server.admin_client() as admin:
+        admin.post("/api/v1/profiles", json={"name": "Staff"}).raise_for_status()
+        admin.post(
+            "/api/v1/storage-regions", json={"name": "eu", "store_url": "file:///tmp/fk-bench"}
+        ).raise_for_status()
+        admin.post(
+            "/api/v1/scim/mappings",
+            json={"rule": {"type": "all"}, "profile": "Staff", "region": "eu"},
+        ).raise_for_status()
+        token: str = admin.post("/api/v1/scim/token", json={}).json()["token"]
+    return token
+
+
+def user_body(name: str) -> dict[str, object]:
+    return {
+        "schemas": [USER],
+        "userName": name,
+        "active": True,
+        "displayName": name.split("@")[0],
+        "emails": [{"value": name, "type": "work", "primary": True}],
+    }
+
+
+async def run_load(
+    base: str, token: str, ops: int, clients: int, seed_users: int
+) -> tuple[list[float], int, float, dict[str, int]]:
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"}
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as http:
+        known: list[tuple[str, str]] = []
+        for i in range(seed_users):
+            name = f"seed{i}@bench.example"
+            response = await http.post("/scim/v2/Users", json=user_body(name))
+            response.raise_for_status()
+            known.append((response.json()["id"], name))
+        rng = random.Random(7)
+        plan = rng.choices(["get", "patch", "post"], weights=[60, 25, 15], k=ops)
+        latencies: list[float] = []
+        errors: dict[str, int] = {}
+        queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
+        for item in enumerate(plan):
+            queue.put_nowait(item)
+
+        async def worker() -> None:
+            while not queue.empty():
+                n, kind = queue.get_nowait()
+                uid, name = known[rng.randrange(len(known))]
+                began = time.perf_counter()
+                if kind == "get":
+                    response = await http.get(
+                        "/scim/v2/Users", params={"filter": f'userName eq "{name}"'}
+                    )
+                elif kind == "patch":
+                    op = {"op": "replace", "path": "title", "value": f"t{n}"}
+                    response = await http.patch(
+                        f"/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [op]}
+                    )
+                else:
+                    fresh = f"load{n}@bench.example"
+                    response = await http.post("/scim/v2/Users", json=user_body(fresh))
+                    if response.status_code == 201:
+                        known.append((response.json()["id"], fresh))
+                latencies.append((time.perf_counter() - began) * 1000)
+                if response.status_code >= 400 or (
+                    kind == "get" and not response.json()["Resources"]
+                ):
+                    key = f"{kind} {response.status_code}"
+                    errors[key] = errors.get(key, 0) + 1
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - began
+    return latencies, sum(errors.values()), elapsed, errors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=20_000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seed-users", type=int, default=1000)
+    args = parser.parse_args()
+    url = create_database()
+    with tempfile.TemporaryDirectory(prefix="fk-bench-") as tmp:
+        server = start(Path(tmp), url)
+        try:
+            token = prepare(server)
+            latencies, errors, elapsed, kinds = asyncio.run(
+                run_load(f"{server.url}", token, args.ops, args.clients, args.seed_users)
+            )
+        finally:
+            server.process.send_signal(signal.SIGINT)
+            server.process.wait(20)
+            drop_database(url)
+    latencies.sort()
+    rps = len(latencies) / elapsed
+    p50 = statistics.median(latencies)
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    print(f"SCIM load: {len(latencies)} ops, {args.clients} clients, PostgreSQL, 1 server process")
+    print(
+        f"  throughput  ours {rps:8.1f} req/s   target {TARGET_RPS:.0f}   ratio {rps / TARGET_RPS:.2f}"
+    )
+    print(f"  p50         ours {p50:8.1f} ms")
+    print(
+        f"  p99         ours {p99:8.1f} ms      target {TARGET_P99_MS:.0f}    ratio {p99 / TARGET_P99_MS:.2f}"
+    )
+    print(f"  errors      {errors} {kinds if kinds else ''}")
+
+
+if __name__ == "__main__":
+    main()
