@@ -56,24 +56,27 @@ class PackWriter:
     """Collects sealed blobs until the pack is big enough to be worth one store write."""
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []
+        # One growing buffer, not a list joined at the end: a finished pack exists once in
+        # memory, not twice (large reallocs grow in place with mremap).
+        self._buf = bytearray()
         self.entries: list[PackEntry] = []
-        self.size = 0
+
+    @property
+    def size(self) -> int:
+        return len(self._buf)
 
     def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes) -> None:
-        self._parts.append(sealed)
-        self.entries.append(PackEntry(blob_type, blob_id, self.size, len(sealed)))
-        self.size += len(sealed)
+        self.entries.append(PackEntry(blob_type, blob_id, len(self._buf), len(sealed)))
+        self._buf += sealed
 
-    def finish(self, crypto: Crypto) -> tuple[str, bytes]:
+    def finish(self, crypto: Crypto) -> tuple[str, bytearray]:
         """Return the pack id (BLAKE3 of the whole file) and its bytes."""
         header = crypto.seal_object(
             ObjectKind.PACK_HEADER, _HEADER_MAGIC + encode_entries(self.entries)
         )
-        self._parts.append(header)
-        self._parts.append(_TRAILER.pack(len(header)))
-        data = b"".join(self._parts)
-        self._parts = []
+        data, self._buf = self._buf, bytearray()
+        data += header
+        data += _TRAILER.pack(len(header))
         return content_name(data), data
 
 

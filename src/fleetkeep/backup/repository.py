@@ -57,7 +57,7 @@ CONFIG = "config"
 # An index file is written every this many packs, so a crash loses little indexing work
 # (the next backup adopts unindexed packs anyway).
 _INDEX_EVERY_PACKS = 64
-_UPLOADS_IN_FLIGHT = 3
+_UPLOADS_IN_FLIGHT = 2
 
 
 @dataclass(frozen=True)
@@ -274,14 +274,16 @@ class Repository:
                 os.replace(tmp, local)
         return self.crypto.open_object(kind, sealed, name)
 
-    def read_blob(self, blob_id: bytes, blob_type: BlobType = BlobType.DATA) -> bytes:
+    def read_blob(
+        self, blob_id: bytes, blob_type: BlobType = BlobType.DATA, *, verify_id: bool = True
+    ) -> bytes:
         loc = self.index.get(blob_id)
         if loc is None:
             raise ObjectNotFound(f"blob {blob_id.hex()} is not in the index")
         if loc.blob_type != blob_type:
             raise IntegrityError(f"blob {blob_id.hex()} has type {loc.blob_type.name}")
         sealed = self.store.get_range(pack_name(loc.pack_id), loc.offset, loc.length)
-        return self.crypto.open_blob(blob_type, blob_id, sealed)
+        return self.crypto.open_blob(blob_type, blob_id, sealed, verify_id=verify_id)
 
     def read_tree(self, tree_id: bytes) -> list[Node]:
         return decode_tree(self.read_blob(tree_id, BlobType.TREE), f"tree {tree_id.hex()}")

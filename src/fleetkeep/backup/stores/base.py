@@ -40,7 +40,7 @@ class Store(ABC):
     """A blob store. ``put`` is atomic: readers see the whole object or nothing."""
 
     @abstractmethod
-    def put(self, name: str, data: bytes) -> None: ...
+    def put(self, name: str, data: bytes | bytearray) -> None: ...
 
     @abstractmethod
     def get(self, name: str) -> bytes:

@@ -21,7 +21,7 @@ class FilesystemStore(Store):
     def _path(self, name: str) -> Path:
         return self.root / check_name(name)
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | bytearray) -> None:
         path = self._path(name)
         parent = path.parent
         parent.mkdir(parents=True, exist_ok=True)

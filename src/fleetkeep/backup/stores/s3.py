@@ -35,8 +35,8 @@ class S3Store(Store):
     def _key(self, name: str) -> str:
         return self.prefix + check_name(name)
 
-    def put(self, name: str, data: bytes) -> None:
-        self._s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=data)
+    def put(self, name: str, data: bytes | bytearray) -> None:
+        self._s3.put_object(Bucket=self.bucket, Key=self._key(name), Body=bytes(data))
 
     def _get(self, name: str, **extra: str) -> bytes:
         try:
