@@ -13,15 +13,27 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy.orm import Session, sessionmaker
 
+from fleetkeep.audit.service import Actor
+from fleetkeep.directories import service as directories
+from fleetkeep.directories.credentials import unseal
 from fleetkeep.directories.ldap import FetchFailed
+from fleetkeep.directories.models import Directory, DirectoryKind, SyncRun
+from fleetkeep.directories.sync import due_directories
+from fleetkeep.errors import InvalidInput
+from fleetkeep.jobs.scheduler import Job
 
 log = logging.getLogger("fleetkeep.directories.cloud")
 
 # Token provider: ``fresh=True`` must not return a cached token.
+# A source's sync: (factory, actor, data_dir, directory_id, *, dry_run, trigger) -> SyncRun.
+Sync = Callable[..., SyncRun]
 TokenSource = Callable[[bool], str]
 MAX_RETRY_AFTER = 120.0
 
@@ -120,3 +132,30 @@ def _message(response: httpx.Response) -> str:
     if isinstance(data, dict) and "error_description" in data:
         return str(data["error_description"])[:300]
     return str(error or data)[:300]
+
+
+def load_source(
+    session: Session, data_dir: Path, directory_id: int, kind: DirectoryKind
+) -> tuple[Directory, str]:
+    """The directory, checked to be of ``kind``, and its unsealed secret (kept in memory only)."""
+    directory = directories.get_directory(session, directory_id)
+    if directory.kind is not kind:
+        raise InvalidInput(
+            f"directory {directory.name!r} is a {directory.kind} source, not {kind}",
+            code="wrong_kind",
+        )
+    return directory, unseal(data_dir, directory.secret) if directory.secret else ""
+
+
+def scheduled_sync(name: str, kind: DirectoryKind, sync: Sync, data_dir: Path) -> Job:
+    """A job that syncs every enabled directory of ``kind`` whose interval has elapsed."""
+    actor = Actor(f"system:{name}")
+
+    def run(factory: sessionmaker[Session]) -> None:
+        with factory() as session:
+            due = due_directories(session, [kind.value])
+        for directory_id in due:
+            sync(factory, actor, data_dir, directory_id, trigger="schedule")
+
+    # Checked every few minutes; each directory's own interval (default 24 h) decides.
+    return Job(name, timedelta(minutes=5), run, lease=timedelta(minutes=30))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +29,10 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from fleetkeep.audit.service import Actor
 from fleetkeep.db import Base, transaction, utcnow
 from fleetkeep.directories import service as directories
-from fleetkeep.directories.cloud import CloudReader
-from fleetkeep.directories.credentials import unseal
+from fleetkeep.directories.cloud import CloudReader, load_source, scheduled_sync
 from fleetkeep.directories.ldap import FetchFailed
 from fleetkeep.directories.models import Directory, DirectoryKind, SyncRun, SyncStatus
-from fleetkeep.directories.sync import FetchResult, SourceUser, due_directories, run_sync
+from fleetkeep.directories.sync import FetchResult, SourceUser, run_sync
 from fleetkeep.errors import InvalidInput
 from fleetkeep.jobs.scheduler import Job
 from fleetkeep.settings import Settings
@@ -68,7 +67,6 @@ _SETTINGS = {
     "ca_file",
     "page_size",
 }
-SCHEDULER = Actor("system:entra-sync")
 
 
 class EntraState(Base):
@@ -331,13 +329,8 @@ def sync_entra_directory(
 ) -> SyncRun:
     """Fetch from Graph and run the core sync; a good whole-tenant run saves the delta link."""
     with factory() as session:
-        directory = directories.get_directory(session, directory_id)
-        if directory.kind is not DirectoryKind.ENTRA:
-            raise InvalidInput(
-                f"directory {directory.name!r} is not an Entra ID directory", code="wrong_kind"
-            )
+        directory, secret = load_source(session, data_dir, directory_id, DirectoryKind.ENTRA)
         config = config_of(directory)
-        secret = unseal(data_dir, directory.secret) if directory.secret else ""
         state = session.get(EntraState, directory_id)
         if state is not None:
             session.expunge(state)
@@ -368,14 +361,7 @@ def sync_entra_directory(
     return run
 
 
-def sync_due_entra(factory: sessionmaker[Session], actor: Actor, data_dir: Path) -> list[SyncRun]:
-    with factory() as session:
-        due = due_directories(session, [DirectoryKind.ENTRA.value])
-    return [sync_entra_directory(factory, actor, data_dir, d, trigger="schedule") for d in due]
-
-
 def entra_jobs(settings: Settings) -> list[Job]:
-    def sync_due(factory: sessionmaker[Session]) -> None:
-        sync_due_entra(factory, SCHEDULER, settings.data_dir)
-
-    return [Job("entra-sync", timedelta(minutes=5), sync_due, lease=timedelta(minutes=30))]
+    return [
+        scheduled_sync("entra-sync", DirectoryKind.ENTRA, sync_entra_directory, settings.data_dir)
+    ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +24,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleetkeep.audit.service import Actor
 from fleetkeep.directories import service as directories
-from fleetkeep.directories.cloud import CloudReader
-from fleetkeep.directories.credentials import unseal
+from fleetkeep.directories.cloud import CloudReader, load_source, scheduled_sync
 from fleetkeep.directories.ldap import FetchFailed
 from fleetkeep.directories.models import Directory, DirectoryKind, SyncRun
-from fleetkeep.directories.sync import FetchResult, SourceUser, due_directories, run_sync
+from fleetkeep.directories.sync import FetchResult, SourceUser, run_sync
 from fleetkeep.errors import InvalidInput
 from fleetkeep.jobs.scheduler import Job
 from fleetkeep.settings import Settings
@@ -42,7 +40,6 @@ SCOPES = (
 )
 _SETTINGS = {"admin_email", "customer", "domain", "groups", "api_url", "token_uri", "ca_file"}
 _KEY_FIELDS = ("type", "client_email", "private_key", "token_uri")
-SCHEDULER = Actor("system:google-sync")
 
 
 def normalize_settings(raw: dict[str, Any]) -> dict[str, Any]:
@@ -279,14 +276,9 @@ def sync_google_directory(
     trigger: str = "manual",
 ) -> SyncRun:
     with factory() as session:
-        directory = directories.get_directory(session, directory_id)
-        if directory.kind is not DirectoryKind.GOOGLE:
-            raise InvalidInput(
-                f"directory {directory.name!r} is not a Google Workspace directory",
-                code="wrong_kind",
-            )
+        directory, secret = load_source(session, data_dir, directory_id, DirectoryKind.GOOGLE)
         settings = dict(directory.settings)
-        key = check_key(unseal(data_dir, directory.secret or ""))
+        key = check_key(secret)
 
     def read() -> FetchResult:
         reader = DirectoryReader(settings, key)
@@ -299,12 +291,8 @@ def sync_google_directory(
 
 
 def google_jobs(settings: Settings) -> list[Job]:
-    def sync_due(factory: sessionmaker[Session]) -> None:
-        with factory() as session:
-            due = due_directories(session, [DirectoryKind.GOOGLE.value])
-        for directory_id in due:
-            sync_google_directory(
-                factory, SCHEDULER, settings.data_dir, directory_id, trigger="schedule"
-            )
-
-    return [Job("google-sync", timedelta(minutes=5), sync_due, lease=timedelta(minutes=30))]
+    return [
+        scheduled_sync(
+            "google-sync", DirectoryKind.GOOGLE, sync_google_directory, settings.data_dir
+        )
+    ]
