@@ -59,10 +59,12 @@ class Results:
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Run:
+    # Bytecode is written on the first (untimed) run, as an installed package would have it.
+    base = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
-        env={**os.environ, **(env or {})},
+        env={**base, **(env or {})},
         cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

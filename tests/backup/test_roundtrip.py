@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fleetkeep.backup import Repository
+from fleetkeep.backup import Repository, SnapshotNotFound
 from fleetkeep.backup.stores import FilesystemStore
 from tests.backup.conftest import SMALL_CHUNKS, SMALL_PACKS
 from tests.backup.trees import describe
@@ -192,3 +192,19 @@ def test_local_object_cache_serves_index_and_snapshots_and_survives_damage(
     assert [s.id for s in again.list_snapshots()] == [first.id]
     again.restore(first, tmp_path / "out")
     assert (tmp_path / "out" / src.relative_to("/") / "a").read_text() == "a" * 5000
+
+
+def test_progress_is_reported_and_snapshots_are_found_by_prefix(
+    repo: Repository, tmp_path: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(os.urandom(50_000))
+    seen: list[tuple[int, int, bool]] = []
+    snap = repo.backup(
+        [src], device="d", progress_cb=lambda p: seen.append((p.files, p.bytes, p.done))
+    )
+    assert seen[-1] == (1, 50_000, True)
+    assert repo.get_snapshot(snap.id[:8]).tree == snap.tree
+    with pytest.raises(SnapshotNotFound):
+        repo.get_snapshot("0000ffff")
