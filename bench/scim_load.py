@@ -117,27 +117,34 @@ async def run_load(
                 n, kind = queue.get_nowait()
                 uid, name = known[rng.randrange(len(known))]
                 began = time.perf_counter()
-                if kind == "get":
-                    response = await http.get(
-                        f"{base}/scim/v2/Users", params={"filter": f'userName eq "{name}"'}
-                    )
-                elif kind == "patch":
-                    op = {"op": "replace", "path": "title", "value": f"t{n}"}
-                    response = await http.patch(
-                        f"{base}/scim/v2/Users/{uid}",
-                        json={"schemas": [PATCH], "Operations": [op]},
-                    )
-                else:
-                    fresh = f"load{n}@bench.example"
-                    response = await http.post(f"{base}/scim/v2/Users", json=user_body(fresh))
-                    if response.status_code == 201:
-                        known.append((response.json()["id"], fresh))
+                try:
+                    response = await send(base, kind, n, uid, name)
+                except httpx.TransportError as exc:
+                    latencies.append((time.perf_counter() - began) * 1000)
+                    key = f"{kind} {type(exc).__name__}"
+                    errors[key] = errors.get(key, 0) + 1
+                    continue
                 latencies.append((time.perf_counter() - began) * 1000)
-                if response.status_code >= 400 or (
-                    kind == "get" and not response.json()["Resources"]
-                ):
+                if kind == "post" and response.status_code == 201:
+                    known.append((response.json()["id"], response.json()["userName"]))
+                missing = kind == "get" and not response.json().get("Resources")
+                if response.status_code >= 400 or missing:
                     key = f"{kind} {response.status_code}"
                     errors[key] = errors.get(key, 0) + 1
+
+        async def send(base: str, kind: str, n: int, uid: str, name: str) -> httpx.Response:
+            if kind == "get":
+                return await http.get(
+                    f"{base}/scim/v2/Users", params={"filter": f'userName eq "{name}"'}
+                )
+            if kind == "patch":
+                op = {"op": "replace", "path": "title", "value": f"t{n}"}
+                return await http.patch(
+                    f"{base}/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [op]}
+                )
+            return await http.post(
+                f"{base}/scim/v2/Users", json=user_body(f"load{n}@bench.example")
+            )
 
         began = time.perf_counter()
         await asyncio.gather(*(worker(bases[i % len(bases)]) for i in range(clients)))
@@ -166,6 +173,8 @@ def main() -> None:
             )
         finally:
             for server in servers:
+                if server.process.poll() is not None:
+                    print(f"server {server.url} died:\n{server.log()[-3000:]}")
                 server.process.send_signal(signal.SIGINT)
                 server.process.wait(20)
             drop_pg_database(url)
