@@ -4,8 +4,8 @@ from fleetkeep.admins import models as admins_models
 from fleetkeep.alerts import models as alerts_models
 from fleetkeep.audit import models as audit_models
 from fleetkeep.deployment import models as deployment_models  # noqa: F401
-from fleetkeep.directories import models as directories_models  # noqa: F401
 from fleetkeep.directories import entra as entra_models  # noqa: F401
+from fleetkeep.directories import models as directories_models  # noqa: F401
 from fleetkeep.directories.scim import models as scim_models  # noqa: F401
 from fleetkeep.identity import models as identity_models
 from fleetkeep.jobs import models as jobs_models

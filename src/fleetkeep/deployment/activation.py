@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,7 +31,7 @@ from fleetkeep.audit.service import Actor, record
 from fleetkeep.db import utcnow
 from fleetkeep.deployment import tokens
 from fleetkeep.deployment.authkeys import check_auth_key, consume_auth_key
-from fleetkeep.deployment.devices import COUNTED_STATES, DEVICE_TOKEN_PREFIX
+from fleetkeep.deployment.devices import COUNTED_STATES, DEVICE_TOKEN_PREFIX, live_devices_of
 from fleetkeep.deployment.directory import (
     DirectoryCandidate,
     find_candidate,
@@ -307,15 +307,18 @@ def _device(session: Session, req: ActivationRequest, d: Decision) -> None:
             "device_claimed",
             f"serial/UUID of this device belongs to device {existing.id} of another user",
         )
-    if existing is None and user_id is not None and not (req.serial_key or req.uuid_key):
-        existing = session.scalar(
-            select(Device).where(
-                Device.user_id == user_id,
-                func.lower(Device.hostname) == req.hostname.lower(),
-                Device.state != DeviceState.DECOMMISSIONED,
-                Device.serial_key.is_(None),
-                Device.uuid_key.is_(None),
-            )
+    # One read of the user's live devices answers the hostname match, the limit and replacement.
+    live = live_devices_of(session, user_id) if user_id is not None else []
+    if existing is None and not (req.serial_key or req.uuid_key):
+        existing = next(
+            (
+                device
+                for device in live
+                if device.hostname.lower() == req.hostname.lower()
+                and device.serial_key is None
+                and device.uuid_key is None
+            ),
+            None,
         )
     if existing is not None and existing.state is DeviceState.DISABLED:
         raise d.refuse("device identity", "device_disabled", f"device {existing.id} is disabled")
@@ -330,90 +333,83 @@ def _device(session: Session, req: ActivationRequest, d: Decision) -> None:
         d.existing = existing
         d.note("device identity", "match", f"already device {existing.id}: re-activation")
         return
-    if user_id is None:
+    if d.user is None:
         d.note("device limit", "pass", "a new user has no devices yet")
         return
     if d.replaces is None:
-        _find_replaced(session, d, user_id)
-    limit = d.user.profile.max_devices_per_user if d.user is not None else 0
-    counted = (
-        session.scalar(
-            select(func.count())
-            .select_from(Device)
-            .where(Device.user_id == user_id, Device.state.in_(COUNTED_STATES))
-        )
-        or 0
-    )
+        _find_replaced(d, live)
+    limit = d.user.profile.max_devices_per_user
+    counted = sum(device.state in COUNTED_STATES for device in live)
     if counted >= limit:
         raise d.refuse(
             "device limit",
             "device_limit_reached",
-            f"user {d.user.email if d.user else user_id} already has {counted} device(s); "
-            f"the profile allows {limit}",
+            f"user {d.user.email} already has {counted} device(s); the profile allows {limit}",
             limit=limit,
         )
     d.note("device limit", "pass", f"{counted} of {limit} devices in use")
 
 
-def _find_replaced(session: Session, d: Decision, user_id: int) -> None:
+def _find_replaced(d: Decision, live: list[Device]) -> None:
     if d.mapping is not None and d.mapping.old_device_name:
         name = d.mapping.old_device_name.lower()
-        old = session.scalar(
-            select(Device).where(
-                Device.user_id == user_id,
-                Device.state != DeviceState.DECOMMISSIONED,
-                (func.lower(Device.name) == name) | (func.lower(Device.hostname) == name),
-            )
-        )
+        old = next((x for x in live if name in (x.name.lower(), x.hostname.lower())), None)
         if old is not None:
             d.replaces = old
             d.scope = d.mapping.restore_scope or RestoreScope.ALL
             d.note("replacement", "match", f"mapping row names old device {old.id} ({old.name})")
             return
         d.note("replacement", "skip", f"old device {d.mapping.old_device_name!r} not found")
-    old = session.scalar(
-        select(Device)
-        .where(Device.user_id == user_id, Device.state == DeviceState.PENDING_REPLACEMENT)
-        .order_by(Device.state_changed_at, Device.id)
-    )
-    if old is not None:
+    pending = [x for x in live if x.state is DeviceState.PENDING_REPLACEMENT]
+    if pending:
+        old = min(pending, key=lambda x: (x.state_changed_at, x.id))
         d.replaces, d.scope = old, old.replacement_scope or RestoreScope.ALL
         d.note("replacement", "match", f"device {old.id} ({old.name}) is marked for replacement")
 
 
 def _same_hardware(session: Session, req: ActivationRequest) -> Device | None:
-    for column, key in ((Device.uuid_key, req.uuid_key), (Device.serial_key, req.serial_key)):
-        if key:
-            found = session.scalar(select(Device).where(column == key))
-            if found is not None:
-                return found
-    return None
+    keys = []
+    if req.uuid_key:
+        keys.append(Device.uuid_key == req.uuid_key)
+    if req.serial_key:
+        keys.append(Device.serial_key == req.serial_key)
+    if not keys:
+        return None
+    found = list(session.scalars(select(Device).where(or_(*keys))))
+    # A UUID match outranks a serial match (serials are less unique across vendors).
+    found.sort(key=lambda x: x.uuid_key != req.uuid_key)
+    return found[0] if found else None
 
 
 def _device_mapping(session: Session, req: ActivationRequest) -> DeviceMapping | None:
     """An IMD v4 row for this device: unused, or used by the very device now re-activating."""
     wanted = [
-        (IdentifierType.SERIAL_NUMBER, req.serial_number),
-        (IdentifierType.UUID, req.hardware_uuid),
-        (IdentifierType.HOSTNAME, req.hostname),
-    ]
-    for kind, raw in wanted:
-        if not raw.strip():
-            continue
-        rows = session.scalars(
-            select(DeviceMapping)
-            .where(
-                DeviceMapping.identifier_type == kind,
-                DeviceMapping.identifier == normalize_identifier(kind, raw),
-            )
-            .order_by(DeviceMapping.consumed_at.is_not(None), DeviceMapping.id)
+        (kind, normalize_identifier(kind, raw))
+        for kind, raw in (
+            (IdentifierType.SERIAL_NUMBER, req.serial_number),
+            (IdentifierType.UUID, req.hardware_uuid),
+            (IdentifierType.HOSTNAME, req.hostname),
         )
-        for row in rows:
-            if row.consumed_at is None:
-                return row
-            used_by = session.get(Device, row.device_id) if row.device_id else None
-            if used_by is not None and used_by.state is not DeviceState.DECOMMISSIONED:
-                return row
+        if raw.strip()
+    ]
+    rows = session.scalars(
+        select(DeviceMapping)
+        .where(
+            or_(
+                *(
+                    and_(DeviceMapping.identifier_type == kind, DeviceMapping.identifier == value)
+                    for kind, value in wanted
+                )
+            )
+        )
+        .order_by(DeviceMapping.consumed_at.is_not(None), DeviceMapping.id)
+    )
+    for row in rows:
+        if row.consumed_at is None:
+            return row
+        used_by = session.get(Device, row.device_id) if row.device_id else None
+        if used_by is not None and used_by.state is not DeviceState.DECOMMISSIONED:
+            return row
     return None
 
 
@@ -482,25 +478,37 @@ def activate(
     """Activate (or re-activate) a device. On refusal everything is rolled back, then the
     refusal is recorded (audit, rate-limit counter, auth key consumed) for the caller to commit.
     """
+    try:
+        return _attempt(session, settings, req, check_password)
+    except IntegrityError:
+        # A concurrent activation of the same hardware (or the first activation of the same
+        # directory user) committed first; a second attempt sees it and re-activates.
+        session.rollback()
+        return _attempt(session, settings, req, check_password)
+
+
+def _attempt(
+    session: Session,
+    settings: Settings,
+    req: ActivationRequest,
+    check_password: PasswordCheck | None,
+) -> Activation:
     _check_rate(session, settings, "source", req.source)
     decision = Decision()
     try:
         try:
             decide(session, req, decision, check_password=check_password)
-        except ActivationRefused:
+        finally:
             if decision.token is not None:
                 _check_rate(session, settings, "token", str(decision.token.id))
-            raise
-        if decision.token is not None:
-            _check_rate(session, settings, "token", str(decision.token.id))
-        return _apply(session, settings, req, decision)
+        return _apply(session, req, decision)
     except ActivationRefused as exc:
         session.rollback()
         _record_refusal(session, req, decision, exc)
         raise
 
 
-def _apply(session: Session, settings: Settings, req: ActivationRequest, d: Decision) -> Activation:
+def _apply(session: Session, req: ActivationRequest, d: Decision) -> Activation:
     actor = Actor(f"device:{req.hostname}", source_ip=req.source)
     user = d.user if d.user is not None else _create_directory_user(session, actor, d)
     # One activation per user at a time keeps the device limit exact under concurrency.
@@ -508,13 +516,6 @@ def _apply(session: Session, settings: Settings, req: ActivationRequest, d: Deci
     plain, digest = new_token(DEVICE_TOKEN_PREFIX)
     reactivated = d.existing is not None
     device = d.existing or _insert_device(session, req, d, user)
-    if device is None:  # lost a race with a concurrent activation of the same hardware
-        device = _same_hardware(session, req)
-        if device is None or device.user_id != user.id:
-            raise ActivationRefused(
-                "device_claimed", "this device's serial/UUID was just claimed by another user"
-            )
-        reactivated = True
     _refresh(device, req, d.mode)
     device.token_hash = digest
     plan_id = None
@@ -540,14 +541,12 @@ def _apply(session: Session, settings: Settings, req: ActivationRequest, d: Deci
         },
     )
     if d.token is not None:
-        tokens.count_use(session, d.token.id)
+        tokens.record_use(session, d.token.id, device.id)
     session.flush()
     return Activation(device, plain, d.mode, reactivated, plan_id)
 
 
-def _insert_device(
-    session: Session, req: ActivationRequest, d: Decision, user: User
-) -> Device | None:
+def _insert_device(session: Session, req: ActivationRequest, d: Decision, user: User) -> Device:
     if d.replaces is not None and d.replaces.id is not None:
         # Release the old hardware keys first: a re-imaged device keeps its serial.
         d.replaces.serial_key = None
@@ -567,12 +566,8 @@ def _insert_device(
     )
     if d.mapping is not None:
         device.name = d.mapping.device_name
-    try:
-        with session.begin_nested():
-            session.add(device)
-            session.flush()
-    except IntegrityError:
-        return None
+    session.add(device)
+    session.flush()
     return device
 
 
@@ -608,17 +603,7 @@ def _create_directory_user(session: Session, actor: Actor, d: Decision) -> User:
     }
     if candidate.quota is not None:
         fields["quota_value"], fields["quota_unit"] = candidate.quota
-    try:
-        with session.begin_nested():
-            user = create_user(session, actor, **fields)
-    except IntegrityError:
-        # A concurrent first activation of the same user created it; use theirs.
-        found = session.scalar(
-            select(User).where(User.email_normalized == normalize_email(candidate.email))
-        )
-        if found is None:
-            raise
-        user = found
+    user = create_user(session, actor, **fields)
     d.user = user
     return user
 

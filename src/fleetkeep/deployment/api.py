@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, status
@@ -29,7 +30,10 @@ from fleetkeep.web.pagination import DEFAULT_LIMIT, MAX_LIMIT, Page, decode_curs
 router = APIRouter(tags=["deployment"])
 
 
-def token_out(token: DeploymentToken) -> TokenOut:
+def token_out(
+    token: DeploymentToken, usage: dict[int, tuple[int, datetime | None]] | None = None
+) -> TokenOut:
+    use_count, last_used_at = (usage or {}).get(token.id, (0, None))
     return TokenOut(
         id=token.id,
         label=token.label,
@@ -40,8 +44,8 @@ def token_out(token: DeploymentToken) -> TokenOut:
         created_at=token.created_at,
         expires_at=token.expires_at,
         revoked_at=token.revoked_at,
-        use_count=token.use_count,
-        last_used_at=token.last_used_at,
+        use_count=use_count,
+        last_used_at=last_used_at,
     )
 
 
@@ -54,7 +58,8 @@ def device_out(device: Device) -> DeviceOut:
 
 @router.get("/deployment-tokens")
 def list_tokens(session: DbSession) -> list[TokenOut]:
-    return [token_out(t) for t in tokens.list_tokens(session)]
+    usage = tokens.usage(session)
+    return [token_out(t, usage) for t in tokens.list_tokens(session)]
 
 
 @router.post("/deployment-tokens", status_code=status.HTTP_201_CREATED)
@@ -67,7 +72,7 @@ def create_token(body: TokenCreate, session: DbSession, actor: CurrentActor) -> 
 
 @router.get("/deployment-tokens/{token_id}")
 def get_token(token_id: int, session: DbSession) -> TokenOut:
-    return token_out(tokens.get_token(session, token_id))
+    return token_out(tokens.get_token(session, token_id), tokens.usage(session))
 
 
 @router.delete("/deployment-tokens/{token_id}")

@@ -58,6 +58,7 @@ def create_token(
 @handles_errors
 def list_tokens() -> None:
     with db() as session:
+        usage = tokens.usage(session)
         rows = [
             [
                 t.id,
@@ -66,8 +67,7 @@ def list_tokens() -> None:
                 tokens.status(t),
                 ",".join(map(str, t.profile_ids)) or "any",
                 t.expires_at,
-                t.use_count,
-                t.last_used_at,
+                *usage.get(t.id, (0, None)),
             ]
             for t in tokens.list_tokens(session)
         ]

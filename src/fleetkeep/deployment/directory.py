@@ -6,13 +6,14 @@ while a device waits); only an optional password proof talks to the directory it
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-import ldap
 from sqlalchemy.orm import Session
 
 from fleetkeep.deployment.errors import ActivationRefused
+from fleetkeep.directories.ldap import FetchFailed, connect
 from fleetkeep.directories.models import Directory
+from fleetkeep.directories.service import ldap_config
 from fleetkeep.directories.sync import AmbiguousUser, find_deployment_candidate
 from fleetkeep.identity.models import QuotaUnit
 
@@ -71,44 +72,25 @@ def find_candidate(
 
 
 def verify_password(session: Session, candidate: DirectoryCandidate, password: str) -> None:
-    """Prove the device user knows their directory password with a simple bind as them."""
+    """Prove the device user knows their directory password: bind as them, with the directory's
+    own hosts, fail-over, TLS and CA settings."""
     directory = session.get(Directory, candidate.directory_id)
     if directory is None:
         raise ActivationRefused("directory_unreachable", "the directory no longer exists")
     if not password:
         raise ActivationRefused("password_rejected", "an empty password proves nothing")
-    uri = _uri(directory)
-    conn = ldap.initialize(uri)
-    conn.set_option(ldap.OPT_NETWORK_TIMEOUT, BIND_TIMEOUT_SECONDS)
-    conn.set_option(ldap.OPT_TIMEOUT, BIND_TIMEOUT_SECONDS)
-    conn.set_option(ldap.OPT_REFERRALS, 0)
+    config = replace(
+        ldap_config(directory), bind_dn=candidate.dn, timeout_seconds=BIND_TIMEOUT_SECONDS
+    )
     try:
-        if directory.settings.get("start_tls"):
-            conn.start_tls_s()
-        conn.simple_bind_s(candidate.dn, password)
-    except ldap.INVALID_CREDENTIALS:
-        raise ActivationRefused(
-            "password_rejected", "the directory rejected the password for this user"
-        ) from None
-    except ldap.LDAPError as exc:
+        conn = connect(config, password)
+    except FetchFailed as exc:
+        if exc.stage == "bind":
+            raise ActivationRefused(
+                "password_rejected", "the directory rejected the password for this user"
+            ) from None
         raise ActivationRefused(
             "directory_unreachable",
-            f"directory {directory.name!r} at {uri} could not be reached: {_ldap_message(exc)}",
+            f"directory {directory.name!r} could not be reached ({exc.stage}): {exc.detail}",
         ) from None
-    finally:
-        conn.unbind_s()
-
-
-def _uri(directory: Directory) -> str:
-    settings = directory.settings
-    if settings.get("uri"):
-        return str(settings["uri"])
-    host = settings.get("host") or (settings.get("hosts") or ["localhost"])[0]
-    scheme = "ldaps" if settings.get("use_ssl") or settings.get("tls") == "ldaps" else "ldap"
-    port = settings.get("port") or (636 if scheme == "ldaps" else 389)
-    return f"{scheme}://{host}:{port}"
-
-
-def _ldap_message(exc: ldap.LDAPError) -> str:
-    info = exc.args[0] if exc.args and isinstance(exc.args[0], dict) else {}
-    return str(info.get("desc") or exc.__class__.__name__)
+    conn.unbind_s()

@@ -56,8 +56,22 @@ class DeploymentToken(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(default=None)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
-    use_count: Mapped[int] = mapped_column(default=0)
-    last_used_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class TokenUse(Base):
+    """One activation through a deployment token.
+
+    Usage is appended, never counted in place: an activation storm on one token would otherwise
+    queue every transaction behind the token row's lock.
+    """
+
+    __tablename__ = "deployment_token_uses"
+    __table_args__ = (Index("ix_deployment_token_uses_token_at", "token_id", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("deployment_tokens.id", ondelete="CASCADE"))
+    device_id: Mapped[int | None] = mapped_column(default=None)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Device(Base):

@@ -8,13 +8,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from fleetkeep.audit.service import Actor, record
 from fleetkeep.db import utcnow
 from fleetkeep.deployment.errors import ActivationRefused
-from fleetkeep.deployment.models import DeploymentToken
+from fleetkeep.deployment.models import DeploymentToken, TokenUse
 from fleetkeep.errors import Conflict, InvalidInput, NotFound
 from fleetkeep.identity.service import get_profile
 from fleetkeep.tokens import display_prefix, hash_token, new_token
@@ -132,13 +132,16 @@ def check_token(session: Session, secret: str) -> DeploymentToken:
     return token
 
 
-def count_use(session: Session, token_id: int) -> None:
-    """One atomic increment, issued last in the activation so the row lock is held briefly."""
-    session.execute(
-        update(DeploymentToken)
-        .where(DeploymentToken.id == token_id)
-        .values(use_count=DeploymentToken.use_count + 1, last_used_at=utcnow())
+def record_use(session: Session, token_id: int, device_id: int) -> None:
+    session.add(TokenUse(token_id=token_id, device_id=device_id))
+
+
+def usage(session: Session) -> dict[int, tuple[int, datetime | None]]:
+    """token id → (activations, last activation)."""
+    rows = session.execute(
+        select(TokenUse.token_id, func.count(), func.max(TokenUse.at)).group_by(TokenUse.token_id)
     )
+    return {token_id: (count, last) for token_id, count, last in rows}
 
 
 def view(token: DeploymentToken) -> dict[str, Any]:

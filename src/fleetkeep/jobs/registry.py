@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleetkeep.audit.service import SYSTEM
 from fleetkeep.db import transaction
 from fleetkeep.deployment.jobs import deployment_jobs
-from fleetkeep.directories.jobs import directory_jobs
 from fleetkeep.directories.entra import entra_jobs
 from fleetkeep.directories.google import google_jobs
+from fleetkeep.directories.jobs import directory_jobs
 from fleetkeep.directories.scim.jobs import scim_jobs
 from fleetkeep.identity.service import purge_deleted_users
 from fleetkeep.jobs.scheduler import Job

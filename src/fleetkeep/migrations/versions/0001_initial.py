@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-11-23 12:32:12.513657
+Create Date: 2026-11-23 13:01:38.103061
 """
 
 from collections.abc import Sequence
@@ -127,8 +127,6 @@ def upgrade() -> None:
         sa.Column("created_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("revoked_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("use_count", sa.Integer(), nullable=False),
-        sa.Column("last_used_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_deployment_tokens")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_deployment_tokens_token_hash")),
     )
@@ -325,6 +323,23 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_connector_sessions_token_id"), ["token_id"], unique=False
         )
+
+    op.create_table(
+        "deployment_token_uses",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("token_id", sa.Integer(), nullable=False),
+        sa.Column("device_id", sa.Integer(), nullable=True),
+        sa.Column("at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["token_id"],
+            ["deployment_tokens.id"],
+            name=op.f("fk_deployment_token_uses_token_id_deployment_tokens"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_deployment_token_uses")),
+    )
+    with op.batch_alter_table("deployment_token_uses", schema=None) as batch_op:
+        batch_op.create_index("ix_deployment_token_uses_token_at", ["token_id", "at"], unique=False)
 
     op.create_table(
         "directory_mappings",
@@ -865,6 +880,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_directory_mappings_order")
 
     op.drop_table("directory_mappings")
+    with op.batch_alter_table("deployment_token_uses", schema=None) as batch_op:
+        batch_op.drop_index("ix_deployment_token_uses_token_at")
+
+    op.drop_table("deployment_token_uses")
     with op.batch_alter_table("connector_sessions", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_connector_sessions_token_id"))
         batch_op.drop_index(batch_op.f("ix_connector_sessions_disconnected_at"))

@@ -1,0 +1,275 @@
+"""Activation storm: 10,000 devices of 2,000 users activating at once against ``fleetkeep serve``.
+
+Mixed modes: 60 % email + token, 15 % IMD v4 (device-mapping CSV, the device names no user),
+15 % IMD v5 (UPN), 10 % one-time auth keys; 5 % of token activations are sent again (a
+client that lost the response) and must come back as the same device. 64 concurrent clients
+on one event loop; the server runs on a throw-away PostgreSQL database on loopback. The load
+generator shares the machine's 2 cores with the server, so the figures are a floor.
+
+    uv run python bench/activation_storm.py [--devices 10000] [--users 2000] [--clients 64]
+                                            [--replicas 1]
+
+Prints throughput and p50/p99 latency against the target (300 activations/s, 0 unexpected
+errors, no duplicate devices) as a ratio. ``--replicas 2`` runs two stateless server
+processes behind a client-side round robin (one per core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy import create_engine, insert, text
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.scim_load import create_database, drop_database  # noqa: E402
+from tests.support.servers import (  # noqa: E402
+    ADMIN_EMAIL,
+    ADMIN_PASSWORD,
+    ServerProcess,
+    fleetkeep_env,
+    free_port,
+    run_cli,
+    wait_ready,
+)
+
+from fleetkeep.deployment.models import AuthKey  # noqa: E402
+from fleetkeep.identity.models import User  # noqa: E402
+from fleetkeep.tokens import display_prefix, new_token  # noqa: E402
+
+TARGET_RPS = 300.0
+
+
+@dataclass
+class Job:
+    body: dict[str, Any]
+    retry: bool = False
+    key: str = ""
+
+
+@dataclass
+class Results:
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    device_of: dict[str, int] = field(default_factory=dict)
+    retry_mismatch: int = 0
+
+
+def start_servers(base: Path, url: str, replicas: int) -> list[ServerProcess]:
+    servers = []
+    for index in range(replicas):
+        data_dir = base / f"replica{index}"
+        data_dir.mkdir(parents=True)
+        port = free_port()
+        env = fleetkeep_env(
+            data_dir, url, FLEETKEEP_LISTEN_PORT=str(port), FLEETKEEP_LOG_LEVEL="WARNING"
+        )
+        if index == 0:
+            run_cli(
+                ["init", "--email", ADMIN_EMAIL, "--password-stdin"],
+                env,
+                stdin=ADMIN_PASSWORD + "\n",
+            )
+        log = (data_dir / "server.log").open("wb")
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "fleetkeep"), "serve", "--no-jobs"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        server = ServerProcess(
+            f"http://127.0.0.1:{port}", data_dir, url, env, process, data_dir / "server.log"
+        )
+        wait_ready(server)
+        servers.append(server)
+    return servers
+
+
+def seed(server: ServerProcess, url: str, users: int, devices: int) -> list[Job]:
+    """Users in bulk through the database; token, mappings through the API; the job list."""
+    admin = server.admin_client()
+    profile = admin.post(
+        "/api/v1/profiles", json={"name": "Laptops", "max_devices_per_user": 20}
+    ).json()["id"]
+    region = admin.post(
+        "/api/v1/storage-regions", json={"name": "local", "store_url": "file:///srv/fk"}
+    ).json()["id"]
+    token = admin.post("/api/v1/deployment-tokens", json={"label": "storm"}).json()["token"]
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    emails = [f"user{i:05d}@storm.example" for i in range(users)]
+    with engine.begin() as conn:
+        conn.execute(
+            insert(User),
+            [
+                {
+                    "email": e,
+                    "email_normalized": e,
+                    "username": e.split("@")[0],
+                    "upn": e.replace("storm.example", "corp.storm.example"),
+                    "profile_id": profile,
+                    "storage_region_id": region,
+                }
+                for e in emails
+            ],
+        )
+        ids = dict(conn.execute(text("SELECT email, id FROM users")).all())
+    rng = random.Random(7)
+    jobs: list[Job] = []
+    csv_rows = ["emailID,userName,deviceName,deviceIdentifierType,deviceIdentifier"]
+    keys: list[dict[str, Any]] = []
+    for n in range(devices):
+        email = emails[n % users]
+        body: dict[str, Any] = {
+            "platform": rng.choice(["windows", "macos", "linux"]),
+            "hostname": f"host-{n:05d}",
+            "serial_number": f"SER{n:07d}",
+            "hardware_uuid": f"00000000-0000-4000-8000-{n:012d}",
+            "os": "bench",
+            "agent_version": "0.1.0",
+        }
+        roll = rng.random()
+        if roll < 0.60:
+            body |= {"token": token, "email": email}
+        elif roll < 0.75:
+            body |= {"token": token}
+            csv_rows.append(f"{email},{email.split('@')[0]},PC {n},serial-number,SER{n:07d}")
+        elif roll < 0.90:
+            body |= {"token": token, "upn": email.replace("storm.example", "corp.storm.example")}
+        else:
+            plain, digest = new_token("fkk")
+            keys.append(
+                {
+                    "user_id": ids[email],
+                    "key_hash": digest,
+                    "prefix": display_prefix(plain),
+                    "created_by": "bench",
+                }
+            )
+            body |= {"auth_key": plain}
+        jobs.append(Job(body, key=body["hostname"]))
+    with engine.begin() as conn:
+        conn.execute(insert(AuthKey), keys)
+    engine.dispose()
+    r = admin.post(
+        "/api/v1/device-mappings",
+        content="\n".join(csv_rows).encode(),
+        headers={"Content-Type": "text/csv"},
+        timeout=120,
+    )
+    r.raise_for_status()
+    retries = [
+        Job(j.body, retry=True, key=j.key)
+        for j in jobs
+        if "token" in j.body and rng.random() < 0.05
+    ]
+    rng.shuffle(jobs)
+    return jobs + retries  # retries run last so the first answer has arrived
+
+
+async def storm(urls: list[str], jobs: list[Job], clients: int) -> tuple[Results, float]:
+    results = Results()
+    queue: asyncio.Queue[Job] = asyncio.Queue()
+    for job in jobs:
+        queue.put_nowait(job)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    http = [httpx.AsyncClient(base_url=u, limits=limits, timeout=60) for u in urls]
+
+    async def worker(index: int) -> None:
+        client = http[index % len(http)]
+        while True:
+            try:
+                job = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            started = time.perf_counter()
+            try:
+                r = await client.post("/device/v1/activations", json=job.body)
+            except httpx.HTTPError as exc:
+                results.errors.append(f"{job.key}: {type(exc).__name__}")
+                continue
+            results.latencies.append(time.perf_counter() - started)
+            if r.status_code != 201:
+                results.errors.append(f"{job.key}: {r.status_code} {r.text[:200]}")
+                continue
+            device = r.json()["device_id"]
+            if job.retry:
+                results.retry_mismatch += results.device_of.get(job.key) != device
+            else:
+                results.device_of[job.key] = device
+
+    began = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    elapsed = time.perf_counter() - began
+    for client in http:
+        await client.aclose()
+    return results, elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--users", type=int, default=2_000)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--replicas", type=int, default=1)
+    args = parser.parse_args()
+    url = create_database()
+    servers: list[ServerProcess] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="fk-storm-") as tmp:
+            servers = start_servers(Path(tmp), url, args.replicas)
+            t0 = time.perf_counter()
+            jobs = seed(servers[0], url, args.users, args.devices)
+            seeded = time.perf_counter() - t0
+            print(f"seeded {args.users} users, {len(jobs)} requests in {seeded:.1f} s")
+            results, elapsed = asyncio.run(storm([s.url for s in servers], jobs, args.clients))
+            engine = create_engine(url)
+            with engine.connect() as conn:
+                devices, hosts = conn.execute(
+                    text("SELECT count(*), count(DISTINCT hostname) FROM devices")
+                ).one()
+            engine.dispose()
+    finally:
+        for server in servers:
+            server.process.send_signal(signal.SIGINT)
+            server.process.wait(30)
+        drop_database(url)
+    lat = sorted(results.latencies)
+    rps = len(jobs) / elapsed
+    p50 = statistics.median(lat) * 1000
+    p99 = lat[int(len(lat) * 0.99) - 1] * 1000
+    print(
+        f"{len(jobs)} activation requests ({args.devices} devices + retries), {args.clients} "
+        f"clients, {args.replicas} server process(es): {elapsed:.1f} s"
+    )
+    ratio = rps / TARGET_RPS
+    print(f"throughput  {rps:8.1f} activations/s   target {TARGET_RPS:.0f}   ratio {ratio:.2f}")
+    print(f"latency     p50 {p50:.1f} ms   p99 {p99:.1f} ms")
+    print(
+        f"errors      {len(results.errors)} unexpected"
+        + (f" e.g. {results.errors[:3]}" if results.errors else "")
+    )
+    print(
+        f"devices     {devices} rows, {hosts} distinct hostnames (expected {args.devices}); "
+        f"retries answered with another device: {results.retry_mismatch}"
+    )
+    ok = not results.errors and devices == hosts == args.devices and not results.retry_mismatch
+    print(
+        "verdict     " + ("PASS" if ok and rps >= TARGET_RPS else "BELOW TARGET" if ok else "FAIL")
+    )
+
+
+if __name__ == "__main__":
+    main()
