@@ -70,7 +70,7 @@ async def connector_socket(websocket: WebSocket) -> None:
         "key connector connected",
         extra={"host": hello.host, "session": session_id, "remote": remote},
     )
-    toucher = asyncio.create_task(_touch_forever(factory, session_id))
+    toucher = asyncio.create_task(_touch_forever(factory, session_id, websocket))
     try:
         await link.send({"type": "welcome", "session": session_id})
         await _receive(websocket, hub, link)
@@ -95,10 +95,17 @@ async def _refuse(websocket: WebSocket, exc: FleetkeepError) -> None:
         await websocket.close(_CLOSE_CODES.get(type(exc), 4400), exc.code)
 
 
-async def _touch_forever(factory: sessionmaker[Session], session_id: int) -> None:
+async def _touch_forever(
+    factory: sessionmaker[Session], session_id: int, websocket: WebSocket
+) -> None:
+    """Keep the session row fresh for ``keys status``; drop the connector if revoked."""
     while True:
         await asyncio.sleep(TOUCH_EVERY)
-        await run_in_threadpool(_touch, factory, session_id)
+        if not await run_in_threadpool(_touch, factory, session_id):
+            log.warning("key connector token revoked; closing", extra={"session": session_id})
+            with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+                await websocket.close(4401, "connector_token_revoked")
+            return
 
 
 def _admit(factory: sessionmaker[Session], token: str | None, hello: Hello, remote: str) -> int:
@@ -106,9 +113,9 @@ def _admit(factory: sessionmaker[Session], token: str | None, hello: Hello, remo
         return admit_connector(session, token, hello, remote)
 
 
-def _touch(factory: sessionmaker[Session], session_id: int) -> None:
+def _touch(factory: sessionmaker[Session], session_id: int) -> bool:
     with transaction(factory) as session:
-        touch_connector(session, session_id)
+        return touch_connector(session, session_id)
 
 
 def _gone(factory: sessionmaker[Session], session_id: int, hub: ConnectorHub) -> None:

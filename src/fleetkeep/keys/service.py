@@ -618,18 +618,23 @@ def admit_connector(
     return row.id
 
 
-def touch_connector(session: Session, session_id: int, *, gone: bool = False) -> None:
-    values: dict[str, Any] = {"last_seen_at": utcnow()}
-    if gone:
-        values["disconnected_at"] = utcnow()
-    session.execute(
-        update(ConnectorSession).where(ConnectorSession.id == session_id).values(**values)
-    )
+def touch_connector(session: Session, session_id: int) -> bool:
+    """Refresh the session's ``last_seen_at``; False once its token has been revoked."""
+    row = session.get(ConnectorSession, session_id)
+    if row is None:
+        return False
+    row.last_seen_at = utcnow()
+    token = session.get(ConnectorToken, row.token_id)
+    return token is not None and token.revoked_at is None
 
 
 def connector_gone(session: Session, session_id: int, remaining: list[LinkInfo]) -> None:
     """Mark the session closed; when no connector is left and one is needed, raise the alert."""
-    touch_connector(session, session_id, gone=True)
+    session.execute(
+        update(ConnectorSession)
+        .where(ConnectorSession.id == session_id)
+        .values(last_seen_at=utcnow(), disconnected_at=utcnow())
+    )
     active = _active_row(session)
     if active is None or active.provider is not ProviderName.CONNECTOR:
         return
