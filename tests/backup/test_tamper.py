@@ -150,11 +150,26 @@ def test_chunk_ids_depend_on_the_key() -> None:
 
 
 def test_incompressible_chunks_are_stored_raw_and_text_is_compressed() -> None:
-    from fleetkeep.backup.crypto import compress, decompress
+    from fleetkeep.backup.crypto import STORED, ZSTD, compress, decompress
 
     noise = os.urandom(200_000)
     text = b"the same sentence again " * 10_000
-    assert compress(noise)[0] == 0
-    assert decompress(compress(noise)) == noise
-    assert len(compress(text)) < len(text) // 20
-    assert decompress(compress(text)) == text
+    mode, payload = compress(noise)
+    assert mode == STORED
+    assert decompress(mode, bytes(payload)) == noise
+    mode, payload = compress(text)
+    assert mode == ZSTD
+    assert len(payload) < len(text) // 20
+    assert decompress(mode, bytes(payload)) == text
+
+
+def test_storage_mode_byte_is_authenticated(
+    backed_up: tuple[Repository, Path, str], store: FilesystemStore, dek: bytes
+) -> None:
+    repo, _, _ = backed_up
+    blob_id = next(iter(repo.index.pack_entries.values()))[0].blob_id
+    loc = repo.index.get(blob_id)
+    assert loc is not None
+    _flip(store.root / "packs" / loc.pack_id[:2] / loc.pack_id, loc.offset)  # 0 <-> 1
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        Repository.open(store, dek).read_blob(blob_id, loc.blob_type)

@@ -278,7 +278,6 @@ class Archiver:
         if content is None or not all(c in self.repo.index for c in content):
             return False
         node.content, node.size = content, st.st_size
-        self.cache.record(path, st, content)
         with self._stats_lock:
             self.progress.files += 1
             self.progress.unchanged_files += 1

@@ -16,7 +16,8 @@ import blake3
 from fleetkeep.backup.crypto import ID_BYTES
 
 _VERSION = 1
-Entry = tuple[int, int, int, int, bytes]
+# (size, mtime ns, ctime ns, inode) and the file's blob ids.
+Entry = tuple[tuple[int, int, int, int], list[bytes]]
 
 
 def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -24,10 +25,12 @@ def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 class FilesCache:
+    """Keyed by the path bytes the walk produces, so a hit costs one dict lookup."""
+
     def __init__(self, path: Path | None) -> None:
         self.path = path
-        self._old: dict[str, Entry] = {}
-        self._new: dict[str, Entry] = {}
+        self._old: dict[bytes, Entry] = {}
+        self._new: dict[bytes, Entry] = {}
         if path is not None:
             self._old = _load(path)
 
@@ -39,14 +42,15 @@ class FilesCache:
         return cls(Path(cache_dir) / repository_id / f"files-{tag}.json")
 
     def lookup(self, path: bytes, st: os.stat_result) -> list[bytes] | None:
-        hit = self._old.get(os.fsdecode(path))
-        if hit is None or hit[:4] != stat_key(st):
+        """The blob ids of an unchanged file (recorded as seen again), else None."""
+        hit = self._old.get(path)
+        if hit is None or hit[0] != stat_key(st):
             return None
-        ids = hit[4]
-        return [ids[i : i + ID_BYTES] for i in range(0, len(ids), ID_BYTES)]
+        self._new[path] = hit
+        return hit[1]
 
     def record(self, path: bytes, st: os.stat_result, content: list[bytes]) -> None:
-        self._new[os.fsdecode(path)] = (*stat_key(st), b"".join(content))
+        self._new[path] = (stat_key(st), content)
 
     def save(self) -> None:
         """Keep only files seen in this backup, so deleted files leave the cache."""
@@ -55,21 +59,25 @@ class FilesCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = {
             "version": _VERSION,
-            "files": {k: [*v[:4], v[4].hex()] for k, v in self._new.items()},
+            "files": {
+                os.fsdecode(k): [*key, b"".join(ids).hex()] for k, (key, ids) in self._new.items()
+            },
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, separators=(",", ":")))
         os.replace(tmp, self.path)
 
 
-def _load(path: Path) -> dict[str, Entry]:
+def _load(path: Path) -> dict[bytes, Entry]:
     try:
         doc = json.loads(path.read_text())
         if doc.get("version") != _VERSION:
             return {}
-        return {
-            k: (int(v[0]), int(v[1]), int(v[2]), int(v[3]), bytes.fromhex(v[4]))
-            for k, v in doc["files"].items()
-        }
+        out: dict[bytes, Entry] = {}
+        for k, v in doc["files"].items():
+            raw = bytes.fromhex(v[4])
+            ids = [raw[i : i + ID_BYTES] for i in range(0, len(raw), ID_BYTES)]
+            out[os.fsencode(k)] = ((int(v[0]), int(v[1]), int(v[2]), int(v[3])), ids)
+        return out
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return {}

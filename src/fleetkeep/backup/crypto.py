@@ -21,10 +21,10 @@ from fleetkeep.keys.subkeys import SubKeys
 NONCE_BYTES = 12
 TAG_BYTES = 16
 ID_BYTES = 32
-SEAL_OVERHEAD = NONCE_BYTES + TAG_BYTES
+SEAL_OVERHEAD = 1 + NONCE_BYTES + TAG_BYTES
 _AAD_PREFIX = b"fleetkeep/1/"
-_STORED = 0
-_ZSTD = 1
+STORED = 0
+ZSTD = 1
 ZSTD_LEVEL = 3
 # A chunk whose first _SAMPLE bytes shrink by less than _MIN_GAIN is stored raw: media and
 # already-compressed files cost one small trial compression instead of a full one.
@@ -65,31 +65,28 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-def compress(data: bytes | memoryview) -> bytes:
-    """Frame ``data`` as stored or zstd; the first byte says which."""
+def compress(data: bytes | memoryview) -> tuple[int, bytes | memoryview]:
+    """Choose how to store ``data``: (``STORED``, data itself) or (``ZSTD``, zstd frame)."""
     n = len(data)
     if n >= 2 * _SAMPLE:
         sample = _compressor().compress(data[:_SAMPLE])
         if len(sample) > _SAMPLE * (1 - _MIN_GAIN):
-            return bytes((_STORED,)) + data
+            return STORED, data
     packed = _compressor().compress(data)
     if len(packed) >= n:
-        return bytes((_STORED,)) + data
-    return bytes((_ZSTD,)) + packed
+        return STORED, data
+    return ZSTD, packed
 
 
-def decompress(framed: bytes) -> bytes:
-    if not framed:
-        raise IntegrityError("empty blob frame")
-    mode = framed[0]
-    if mode == _STORED:
-        return framed[1:]
-    if mode == _ZSTD:
+def decompress(mode: int, payload: bytes) -> bytes:
+    if mode == STORED:
+        return payload
+    if mode == ZSTD:
         try:
-            return _decompressor().decompress(memoryview(framed)[1:])
+            return _decompressor().decompress(payload)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"blob does not decompress: {exc}") from exc
-    raise IntegrityError(f"unknown blob frame {mode}")
+    raise IntegrityError(f"unknown storage mode {mode}")
 
 
 def blob_aad(blob_type: BlobType, blob_id: bytes) -> bytes:
@@ -111,12 +108,21 @@ class Crypto:
     def _cipher(self, blob_type: BlobType) -> AESGCM:
         return self._data if blob_type == BlobType.DATA else self._meta
 
+    def seal_blob_parts(
+        self, blob_type: BlobType, blob_id: bytes, plaintext: bytes | memoryview
+    ) -> tuple[bytes, bytes]:
+        """(mode ‖ nonce, ciphertext ‖ tag): two parts, so a raw chunk is never copied just
+        to prepend a header."""
+        mode, payload = compress(plaintext)
+        nonce = os.urandom(NONCE_BYTES)
+        aad = blob_aad(blob_type, blob_id) + bytes((mode,))
+        return bytes((mode,)) + nonce, self._cipher(blob_type).encrypt(nonce, payload, aad)
+
     def seal_blob(
         self, blob_type: BlobType, blob_id: bytes, plaintext: bytes | memoryview
     ) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
-        framed = compress(plaintext)
-        return nonce + self._cipher(blob_type).encrypt(nonce, framed, blob_aad(blob_type, blob_id))
+        head, body = self.seal_blob_parts(blob_type, blob_id, plaintext)
+        return head + body
 
     def open_blob(
         self, blob_type: BlobType, blob_id: bytes, sealed: bytes, *, verify_id: bool = True
@@ -126,36 +132,37 @@ class Crypto:
         The AAD already binds the blob to its id, so tampering fails authentication either
         way; ``verify_id`` also catches a writer that sealed the wrong bytes under an id
         (check does it; restore skips it to save a hash pass)."""
-        if len(sealed) < SEAL_OVERHEAD:
-            raise IntegrityError(f"blob {blob_id.hex()} is truncated")
-        try:
-            framed = self._cipher(blob_type).decrypt(
-                sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], blob_aad(blob_type, blob_id)
-            )
-        except InvalidTag:
-            raise IntegrityError(f"blob {blob_id.hex()} failed authentication") from None
-        plaintext = decompress(framed)
+        payload, mode = self._open(
+            self._cipher(blob_type), blob_aad(blob_type, blob_id), sealed, f"blob {blob_id.hex()}"
+        )
+        plaintext = decompress(mode, payload)
         if verify_id and self.blob_id(plaintext) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()} does not match its id")
         return plaintext
 
     def seal_object(self, kind: ObjectKind, plaintext: bytes) -> bytes:
+        mode, payload = compress(plaintext)
         nonce = os.urandom(NONCE_BYTES)
-        framed = compress(plaintext)
-        return nonce + self._meta.encrypt(nonce, framed, _AAD_PREFIX + kind.value)
+        aad = _AAD_PREFIX + kind.value + bytes((mode,))
+        return bytes((mode,)) + nonce + self._meta.encrypt(nonce, payload, aad)
 
     def open_object(self, kind: ObjectKind, sealed: bytes, name: str = "") -> bytes:
+        what = f"{kind.value.decode()} object {name}".rstrip()
+        payload, mode = self._open(self._meta, _AAD_PREFIX + kind.value, sealed, what)
+        return decompress(mode, payload)
+
+    @staticmethod
+    def _open(cipher: AESGCM, aad: bytes, sealed: bytes, what: str) -> tuple[bytes, int]:
         if len(sealed) < SEAL_OVERHEAD:
-            raise IntegrityError(f"{kind.value.decode()} object {name} is truncated")
+            raise IntegrityError(f"{what} is truncated")
+        mode = sealed[0]
         try:
-            framed = self._meta.decrypt(
-                sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], _AAD_PREFIX + kind.value
+            payload = cipher.decrypt(
+                sealed[1 : 1 + NONCE_BYTES], sealed[1 + NONCE_BYTES :], aad + bytes((mode,))
             )
         except InvalidTag:
-            raise IntegrityError(
-                f"{kind.value.decode()} object {name} failed authentication"
-            ) from None
-        return decompress(framed)
+            raise IntegrityError(f"{what} failed authentication") from None
+        return payload, mode
 
 
 def content_name(data: bytes | bytearray) -> str:

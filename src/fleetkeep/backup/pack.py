@@ -65,9 +65,11 @@ class PackWriter:
     def size(self) -> int:
         return len(self._buf)
 
-    def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes) -> None:
-        self.entries.append(PackEntry(blob_type, blob_id, len(self._buf), len(sealed)))
-        self._buf += sealed
+    def add(self, blob_type: BlobType, blob_id: bytes, *sealed_parts: bytes) -> None:
+        start = len(self._buf)
+        for part in sealed_parts:
+            self._buf += part
+        self.entries.append(PackEntry(blob_type, blob_id, start, len(self._buf) - start))
 
     def finish(self, crypto: Crypto) -> tuple[str, bytearray]:
         """Return the pack id (BLAKE3 of the whole file) and its bytes."""

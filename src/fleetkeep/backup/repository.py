@@ -418,11 +418,11 @@ class BlobSink:
 
     def put(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> None:
         """Store a blob already reserved by this caller."""
-        sealed = self._repo.crypto.seal_blob(blob_type, blob_id, data)
+        head, body = self._repo.crypto.seal_blob_parts(blob_type, blob_id, data)
         full: PackWriter | None = None
         with self._lock:
             writer = self._writers[blob_type]
-            writer.add(blob_type, blob_id, sealed)
+            writer.add(blob_type, blob_id, head, body)
             self.new_blobs += 1
             self.new_bytes += len(data)
             if writer.size >= self._repo.config.pack_target:
