@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from tests.directories.scim_support import (
     patch,
     prepare,
 )
+from tests.support.servers import fleetkeep_env, run_cli
 
 
 class Scim:
@@ -460,3 +462,33 @@ def test_token_expiry_alert_opens_14_days_ahead_and_closes_on_regenerate(
     assert "regenerate" in alerts[0].message
     service.create_token(db, SYSTEM, regenerate=True)
     assert list_alerts(db, type="scim_token_expiry") == []
+
+
+def test_cli_makes_shows_and_regenerates_the_token_and_adds_mappings(
+    clean_engine: Any, database_url: str, tmp_path: Path
+) -> None:
+    env = fleetkeep_env(tmp_path / "data", database_url)
+    run_cli(["init", "--email", "o@example.com", "--password-stdin"], env, stdin="pw-123456789\n")
+    run_cli(["profiles", "add", "Staff"], env)
+    run_cli(["regions", "add", "eu", "--store-url", "file:///tmp/eu"], env)
+    added = run_cli(
+        ["scim", "mappings", "add", "--profile", "Staff", "--region", "eu", "--quota", "20GB"], env
+    )
+    assert "SCIM mapping" in added.stdout
+    bad = run_cli(
+        ["scim", "mappings", "add", "--profile", "Staff", "--region", "eu", "--rule", "{nope"],
+        env,
+        check=False,
+    )
+    assert bad.returncode == 2
+    made = run_cli(["scim", "token", "create"], env)
+    token = next(w for w in made.stdout.split() if w.startswith("fkscim_"))
+    again = run_cli(["scim", "token", "create"], env, check=False)
+    assert again.returncode == 1
+    assert "regenerate" in again.stderr
+    shown = run_cli(["scim", "token", "show"], env)
+    assert token[:12] in shown.stdout
+    assert token not in shown.stdout
+    fresh = run_cli(["scim", "token", "regenerate", "--days", "30"], env)
+    assert token not in fresh.stdout
+    assert "fkscim_" in fresh.stdout

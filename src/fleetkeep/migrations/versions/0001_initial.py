@@ -248,7 +248,6 @@ def upgrade() -> None:
         sa.Column("created_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("expires_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
         sa.Column("revoked_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("last_used_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_scim_tokens")),
         sa.UniqueConstraint("token_hash", name=op.f("uq_scim_tokens_token_hash")),
     )
