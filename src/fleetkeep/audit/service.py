@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleetkeep.audit.models import AuditEvent
-from fleetkeep.db import utcnow
+from fleetkeep.db import insert_rows, utcnow
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,9 @@ def record_many(session: Session, actor: Actor, rows: Sequence[dict[str, Any]]) 
     if not rows:
         return
     now = utcnow()
-    session.execute(
-        insert(AuditEvent),
+    insert_rows(
+        session,
+        AuditEvent,
         [
             {
                 "at": now,

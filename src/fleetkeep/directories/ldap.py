@@ -14,6 +14,7 @@ Either way nesting is resolved by the sync engine. Values AD hands out in ranges
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import socket
@@ -489,7 +490,14 @@ class _Reader:
         if self.disabled is not None:
             wanted |= filter_attributes(self.disabled)
         self.user_attrs = sorted({a for a in wanted if a})
+        self.rule_attributes = {a.lower() for a in extra}
         self.binary = {str(attrs.get("external_id", "")).lower(), "objectguid", "objectsid"}
+        # OpenLDAP never splits values into ranges; only AD does.
+        self.ranges_possible = config.kind == "ad"
+        self.keys = {
+            name: str(attrs.get(name) or "").lower()
+            for name in ("external_id", "upn", "email", "member_of", "username", "display_name")
+        }
 
     def read(self) -> FetchResult:
         groups = self._groups()
@@ -503,24 +511,18 @@ class _Reader:
     def _search(
         self, filterstr: str, attrs: list[str], what: str
     ) -> Iterator[tuple[str, dict[str, list[bytes]]]]:
-        """A paged subtree search; search references (referrals) are noted, not followed."""
+        """A paged subtree search; search references (referrals) are noted, not followed.
+
+        The next page is requested before the current one is processed, so the server
+        prepares it while we decode.
+        """
         control = SimplePagedResultsControl(True, size=self.config.page_size, cookie="")
         count = 0
-        while True:
-            msgid = self.conn.search_ext(
-                self.config.base_dn, ldap.SCOPE_SUBTREE, filterstr, attrs, serverctrls=[control]
-            )
+        msgid: int | None = self._request(filterstr, attrs, control)
+        while msgid is not None:
             _type, data, _msgid, controls = self.conn.result3(
                 msgid, timeout=self.config.timeout_seconds
             )
-            for dn, entry in data:
-                if dn is None:
-                    self.warnings.append(f"ignored a referral to {entry}")
-                    continue
-                yield dn, self._complete_ranges(dn, entry)
-                count += 1
-            if self.progress is not None:
-                self.progress(what, count)
             cookie = next(
                 (
                     c.cookie
@@ -534,13 +536,28 @@ class _Reader:
                     "the directory ignored the paged-results control; refusing a partial read",
                     stage="search",
                 )
-            if not cookie:
-                return
-            control.cookie = cookie
+            msgid = None
+            if cookie:
+                control.cookie = cookie
+                msgid = self._request(filterstr, attrs, control)
+            for dn, entry in data:
+                if dn is None:
+                    self.warnings.append(f"ignored a referral to {entry}")
+                    continue
+                yield dn, self._complete_ranges(dn, entry)
+                count += 1
+            if self.progress is not None:
+                self.progress(what, count)
+
+    def _request(self, filterstr: str, attrs: list[str], control: SimplePagedResultsControl) -> int:
+        msgid: int = self.conn.search_ext(
+            self.config.base_dn, ldap.SCOPE_SUBTREE, filterstr, attrs, serverctrls=[control]
+        )
+        return msgid
 
     def _complete_ranges(self, dn: str, entry: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
         """Follow AD range retrieval (``member;range=0-1499``) until the last range."""
-        ranged = [k for k in entry if ";range=" in k.lower()]
+        ranged = [k for k in entry if ";range=" in k.lower()] if self.ranges_possible else []
         for key in ranged:
             values = entry.pop(key)
             match = _RANGE.match(key)
@@ -584,44 +601,41 @@ class _Reader:
         return groups
 
     def _user(self, dn: str, entry: dict[str, list[bytes]]) -> SourceUser:
-        attrs = self.config.attributes
-        decoded: dict[str, list[str]] = {}
+        kept: dict[str, list[str]] = {}  # what mapping rules read, for the sync engine
+        lower: dict[str, list[str]] = {}
         for key, values in entry.items():
-            if key.lower() in self.binary:
-                decoded[key] = [_guid(v) for v in values]
+            name = key.lower()
+            if name in self.binary:
+                lower[name] = [_guid(v) for v in values]
             else:
-                decoded[key] = [v.decode("utf-8", "replace") for v in values]
-        lower = {k.lower(): v for k, v in decoded.items()}
-
-        def first(name: str | None) -> str:
-            values = lower.get(name.lower(), []) if name else []
-            return values[0] if values else ""
-
-        external_id = first(attrs["external_id"])
+                lower[name] = [v.decode("utf-8", "replace") for v in values]
+            if name in self.rule_attributes:
+                kept[key] = lower[name]
+        keys = self.keys
+        external_id = _first(lower, keys["external_id"])
         if not external_id:
             external_id = f"dn:{normalize_dn(dn)}"
-            self.warnings.append(f"{dn} has no {attrs['external_id']}; identified by its DN")
-        upn = first(attrs.get("upn"))
-        mails = lower.get(str(attrs["email"]).lower(), [])
+            self.warnings.append(f"{dn} has no {keys['external_id']}; identified by its DN")
+        upn = _first(lower, keys["upn"])
+        mails = lower.get(keys["email"], [])
         if len(mails) > 1:
             # Primary: the address equal to the UPN if there is one, else the first returned.
             mails = sorted(mails, key=lambda m: m.lower() != upn.lower())
-        member_of = attrs.get("member_of")
-        groups = {normalize_dn(g) for g in lower.get(member_of.lower(), [])} if member_of else set()
+        groups = set(lower.get(keys["member_of"], ())) if keys["member_of"] else set()
         disabled = False
         if self.disabled is not None:
-            disabled = evaluate_filter(self.disabled, Candidate(dn, decoded, frozenset()))
-        username = first(attrs.get("username"))
+            disabled = evaluate_filter(self.disabled, Candidate(dn, lower, frozenset()))
+        username = _first(lower, keys["username"])
         return SourceUser(
             external_id=external_id,
             email=mails[0] if mails else None,
             other_emails=tuple(mails[1:]),
             username=username,
-            display_name=first(attrs.get("display_name")),
+            display_name=_first(lower, keys["display_name"]),
             upn=upn or None,
             dn=dn,
             disabled=disabled,
-            attributes=decoded,
+            attributes=kept,
             groups=groups,
             sam_account_name=username,
             domain=_dns_domain(dn),
@@ -668,6 +682,11 @@ class _Reader:
         return parents
 
 
+def _first(values: dict[str, list[str]], name: str) -> str:
+    found = values.get(name) if name else None
+    return found[0] if found else ""
+
+
 def _guid(raw: bytes) -> str:
     """AD's objectGUID is 16 little-endian bytes; show it the way AD tools do."""
     if len(raw) == 16:
@@ -676,5 +695,12 @@ def _guid(raw: bytes) -> str:
 
 
 def _dns_domain(dn: str) -> str:
-    parts = [p.partition("=")[2] for p in normalize_dn(dn).split(",") if p.startswith("dc=")]
+    start = dn.lower().find("dc=")
+    return _domain_of_suffix(dn[start:]) if start >= 0 else ""
+
+
+@functools.lru_cache(maxsize=256)
+def _domain_of_suffix(suffix: str) -> str:
+    """``DC=corp,DC=example`` → ``corp.example`` (cached: every user shares a few suffixes)."""
+    parts = [p.partition("=")[2] for p in normalize_dn(suffix).split(",") if p.startswith("dc=")]
     return ".".join(parts)

@@ -47,11 +47,20 @@ CONDITION_OPS = (
 )
 
 _DN_SPACES = re.compile(r"(?<!\\)\s*([,=+])\s*")
+_SPACED = re.compile(r"\s[,=+]|[,=+]\s")
 
 
 def normalize_dn(dn: str) -> str:
     """Case and spacing do not matter in a DN: ``CN=Ann , OU=X`` equals ``cn=ann,ou=x``."""
-    return _DN_SPACES.sub(r"\1", dn.strip()).lower()
+    lowered = dn.strip().lower()
+    # Fast path: most DNs have no space next to a separator (syncs normalise every DN).
+    if " " not in lowered or not _SPACED.search(lowered):
+        return lowered
+    return _DN_SPACES.sub(_separator, lowered)
+
+
+def _separator(match: re.Match[str]) -> str:
+    return match.group(1)
 
 
 def _first_rdn_value(dn: str) -> str:

@@ -1,0 +1,201 @@
+"""Directory sync speed: 100,000 users in 500 groups in a real slapd, synced into PostgreSQL.
+
+    uv run python bench/directory_sync.py [--users 100000] [--groups 500]
+
+Times (a) a raw paged ``ldapsearch`` of the same entries and attributes (the baseline),
+(b) our first full sync, (c) an unchanged re-sync, (d) a re-sync after 1 % of the users
+changed; and the peak RSS of this process. Targets: (b) ≤ 3 x (a), (c) and (d) ≤ 2 x (a),
+peak RSS ≤ 300 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import ldap  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
+from tests.conftest import create_pg_database, drop_pg_database  # noqa: E402
+from tests.support.slapd import LDAP_BASE, SYNC_PASSWORD, Slapd, start_slapd  # noqa: E402
+
+from fleetkeep.audit.service import SYSTEM, Actor  # noqa: E402
+from fleetkeep.db import make_engine, make_sessionmaker, transaction, upgrade  # noqa: E402
+from fleetkeep.directories import service  # noqa: E402
+from fleetkeep.directories.models import DirectoryKind, SyncRun, SyncStatus  # noqa: E402
+from fleetkeep.identity.models import User  # noqa: E402
+from fleetkeep.identity.service import create_profile, create_region  # noqa: E402
+
+PEOPLE = f"ou=people,{LDAP_BASE}"
+GROUPS = f"ou=groups,{LDAP_BASE}"
+USER_ATTRS = ["mail", "uid", "cn", "entryUUID"]
+
+
+def write_ldif(path: Path, users: int, groups: int) -> None:
+    rng = random.Random(7)
+    members: list[list[str]] = [[] for _ in range(groups)]
+    with path.open("w") as out:
+        for ou in ("people", "groups"):
+            out.write(f"dn: ou={ou},{LDAP_BASE}\nobjectClass: organizationalUnit\nou: {ou}\n\n")
+        for i in range(users):
+            uid = f"u{i:06d}"
+            out.write(
+                f"dn: uid={uid},{PEOPLE}\nobjectClass: inetOrgPerson\nuid: {uid}\n"
+                f"cn: User {i}\nsn: {i}\nmail: {uid}@example.org\n\n"
+            )
+            members[rng.randrange(groups)].append(f"uid={uid},{PEOPLE}")
+        for g, names in enumerate(members):
+            out.write(f"dn: cn=g{g:04d},{GROUPS}\nobjectClass: groupOfNames\ncn: g{g:04d}\n")
+            for member in names or [f"uid=u000000,{PEOPLE}"]:
+                out.write(f"member: {member}\n")
+            out.write("\n")
+
+
+def ldapsearch(slapd: Slapd) -> float:
+    started = time.perf_counter()
+    for filterstr, attrs in (
+        (
+            "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))",
+            ["cn", "member", "uniqueMember", "memberUid"],
+        ),
+        ("(objectClass=inetOrgPerson)", USER_ATTRS),
+    ):
+        subprocess.run(
+            [
+                "ldapsearch",
+                "-x",
+                "-LLL",
+                "-H",
+                slapd.url,
+                "-D",
+                slapd.sync_dn(LDAP_BASE),
+                "-w",
+                SYNC_PASSWORD,
+                "-b",
+                LDAP_BASE,
+                "-E",
+                "pr=1000/noprompt",
+                filterstr,
+                *attrs,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    return time.perf_counter() - started
+
+
+def change_one_percent(slapd: Slapd, users: int) -> None:
+    conn = slapd.connect(LDAP_BASE)
+    for i in random.Random(11).sample(range(users), users // 100):
+        uid = f"u{i:06d}"
+        conn.modify_s(
+            f"uid={uid},{PEOPLE}",
+            [
+                (ldap.MOD_REPLACE, "cn", [f"Renamed {i}".encode()]),
+                (ldap.MOD_REPLACE, "mail", [f"{uid}.new@example.org".encode()]),
+            ],
+        )
+    conn.unbind_s()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=100_000)
+    parser.add_argument("--groups", type=int, default=500)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="fk-bench-dir-"))
+    slapd = start_slapd(work / "slapd")
+    url = create_pg_database("fk_bench")
+    engine = make_engine(url)
+    try:
+        print(f"loading {args.users:,} users in {args.groups} groups with slapadd …", flush=True)
+        write_ldif(work / "data.ldif", args.users, args.groups)
+        slapd.load_ldif_offline(work / "data.ldif", LDAP_BASE)
+        upgrade(engine)
+        factory = make_sessionmaker(engine)
+        with transaction(factory) as session:
+            staff = create_profile(session, SYSTEM, name="Staff").id
+            first_group = create_profile(session, SYSTEM, name="Group zero").id
+            region = create_region(session, SYSTEM, name="local", store_url="file:///srv").id
+            directory = service.create_directory(
+                session,
+                SYSTEM,
+                work / "data",
+                name="bench",
+                kind=DirectoryKind.LDAP,
+                secret=SYNC_PASSWORD,
+                hold_above_count=args.users,
+                hold_above_percent=100.0,
+                settings={
+                    "hosts": [f"127.0.0.1:{slapd.port}"],
+                    "base_dn": LDAP_BASE,
+                    "bind_dn": slapd.sync_dn(LDAP_BASE),
+                },
+            )
+            for priority, rule, profile in (
+                (1, {"type": "group", "group": f"cn=g0000,{GROUPS}"}, first_group),
+                (2, {"type": "ou", "ou": PEOPLE}, staff),
+            ):
+                service.create_mapping(
+                    session,
+                    SYSTEM,
+                    directory.id,
+                    rule=rule,
+                    profile_id=profile,
+                    storage_region_id=region,
+                    priority=priority,
+                )
+            directory_id = directory.id
+        baseline = min(ldapsearch(slapd) for _ in range(3))
+        actor = Actor("bench")
+
+        def timed_sync() -> tuple[float, SyncRun]:
+            started = time.perf_counter()
+            run = service.sync_directory(factory, actor, work / "data", directory_id)
+            elapsed = time.perf_counter() - started
+            if run.status is not SyncStatus.SUCCEEDED:
+                raise SystemExit(f"sync {run.status}: {run.error}")
+            return elapsed, run
+
+        first, run1 = timed_sync()
+        unchanged, run2 = timed_sync()
+        change_one_percent(slapd, args.users)
+        changed, run3 = timed_sync()
+        with factory() as session:
+            total = session.scalar(select(func.count()).select_from(User))
+        assert total == args.users, total
+        assert (run1.created, run2.updated, run3.updated) == (args.users, 0, args.users // 100)
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rows = [
+            ("(a) ldapsearch, paged 1000 (baseline)", baseline, None, None),
+            ("(b) first full sync", first, first / baseline, 3.0),
+            ("(c) unchanged re-sync", unchanged, unchanged / baseline, 2.0),
+            ("(d) re-sync, 1 % changed", changed, changed / baseline, 2.0),
+        ]
+        print(f"\n{args.users:,} users, {args.groups} groups, PostgreSQL\n")
+        print(f"{'':42} {'seconds':>8} {'ratio':>7} {'target':>7}")
+        for label, seconds, ratio, target in rows:
+            r = f"{ratio:6.2f}x" if ratio else ""
+            t = f"≤{target:.0f}x" if target else ""
+            ok = "" if ratio is None else ("  ok" if ratio <= (target or 0) else "  MISSED")
+            print(f"{label:42} {seconds:8.2f} {r:>7} {t:>7}{ok}")
+        verdict = "ok" if peak_mb <= 300 else "MISSED"
+        print(
+            f"{'peak RSS of the syncing process':42} {peak_mb:7.0f} MB  (target ≤300 MB) {verdict}"
+        )
+    finally:
+        engine.dispose()
+        drop_pg_database(url)
+        slapd.stop()
+
+
+if __name__ == "__main__":
+    main()
