@@ -26,9 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import uvicorn
+from sqlalchemy.orm import Session, sessionmaker
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests.support.servers import free_port  # noqa: E402
 
 from fleetkeep.audit.service import SYSTEM  # noqa: E402
 from fleetkeep.db import make_engine, make_sessionmaker, transaction, upgrade  # noqa: E402
@@ -47,7 +50,6 @@ from fleetkeep.keys.service import (  # noqa: E402
 )
 from fleetkeep.settings import Settings  # noqa: E402
 from fleetkeep.web.app import create_app  # noqa: E402
-from tests.support.servers import free_port  # noqa: E402
 
 TARGET_P99_MS = 5.0
 
@@ -182,11 +184,15 @@ def main() -> None:
     )
 
 
-def _provider_unwrap(factory: object, keyring: Keyring, user_id: int) -> Callable[[], bytes]:
+def _provider_unwrap(
+    factory: sessionmaker[Session], keyring: Keyring, user_id: int
+) -> Callable[[], bytes]:
     """One provider unwrap of the user's stored DEK, bypassing the cache."""
-    with factory() as session:  # type: ignore[operator]
+    with factory() as session:
         row = session.get(WrappedKey, user_id)
+        assert row is not None
         version = session.get(KeyVersion, row.key_version)
+        assert version is not None
         info = VersionInfo.of(version)
         wrapped = row.wrapped
     provider = keyring.provider(info)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -262,6 +263,8 @@ def test_without_the_connector_a_fresh_server_with_only_the_database_decrypts_no
     for user in users:
         assert api.post(f"/api/v1/keys/users/{user}/verify").status_code == 200
     local_ekeys = _server_ekeys(sqlite_server)
+    key_file_mode = (sqlite_server.data_dir / "keys" / "ekey.json").stat().st_mode
+    assert stat.S_IMODE(key_file_mode) == 0o600, "fleetkeep init must create the key file 0600"
     connector.kill()
     sqlite_server.stop()
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import logging
 import os
+from collections.abc import Callable
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import Column, Integer, LargeBinary, MetaData, Table, select, update
@@ -13,7 +17,9 @@ from fleetkeep.alerts.models import Alert, AlertStatus
 from fleetkeep.audit.models import AuditEvent
 from fleetkeep.audit.service import SYSTEM
 from fleetkeep.backup.crypto import BlobType, Crypto
+from fleetkeep.db import utcnow
 from fleetkeep.keys.errors import KeyCheckMismatch, KeyProviderNotConnected, WrappedKeyInvalid
+from fleetkeep.keys.hub import ConnectorLink
 from fleetkeep.keys.keyfile import ensure_local_key, load_keys
 from fleetkeep.keys.models import KeyVersion, ProviderName, WrappedKey
 from fleetkeep.keys.service import (
@@ -22,6 +28,7 @@ from fleetkeep.keys.service import (
     get_user_dek,
     rewrap_pending,
     rotate_keys,
+    scheduled_rotation,
     user_context,
 )
 from fleetkeep.keys.subkeys import derive_subkeys
@@ -68,18 +75,29 @@ def test_a_missing_user_gets_no_key(session: Session, keyring: Keyring) -> None:
     ],
 )
 def test_an_altered_wrapped_key_fails_authentication_never_gives_wrong_data(
-    session: Session, keyring: Keyring, users: list[int], tamper: object, message: str
+    session: Session,
+    keyring: Keyring,
+    users: list[int],
+    tamper: Callable[[bytes], bytes],
+    message: str,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    get_user_dek(session, keyring, users[0])
+    caplog.set_level(logging.DEBUG)
+    dek = get_user_dek(session, keyring, users[0])
     session.commit()
     row = _wrapped(session, users[0])
+    altered = tamper(row.wrapped)
     session.execute(
-        update(WrappedKey).where(WrappedKey.user_id == users[0]).values(wrapped=tamper(row.wrapped))
-    )  # type: ignore[operator]
+        update(WrappedKey).where(WrappedKey.user_id == users[0]).values(wrapped=altered)
+    )
     session.commit()
     keyring.cache.clear()
-    with pytest.raises(WrappedKeyInvalid, match=message):
+    with pytest.raises(WrappedKeyInvalid, match=message) as refused:
         get_user_dek(session, keyring, users[0])
+    ekeys = {k.kcv: k.key for k in load_keys(settings.resolved_key_file)}
+    said = (caplog.text + str(refused.value)).encode()
+    assert find_secrets(said, {"dek": dek, **ekeys}) == []
 
 
 def test_a_wrapped_key_copied_to_another_user_does_not_unwrap(
@@ -215,7 +233,7 @@ def test_the_database_holds_no_ekey_no_dek_and_no_plaintext(
     plaintext = b"the quarterly numbers nobody may read: " + os.urandom(16).hex().encode()
     deks = {}
     engine = session.get_bind()
-    canaries.create_all(engine)  # type: ignore[arg-type]
+    canaries.create_all(engine)
     try:
         for user in users:
             deks[f"dek of user {user}"] = get_user_dek(session, keyring, user)
@@ -239,7 +257,7 @@ def test_the_database_holds_no_ekey_no_dek_and_no_plaintext(
         assert all(hit.startswith("plaintext (") for hit in hits)
     finally:
         session.rollback()
-        canaries.drop_all(engine)  # type: ignore[arg-type]
+        canaries.drop_all(engine)
 
 
 def test_the_scanner_finds_secrets_in_any_encoding() -> None:
@@ -254,3 +272,49 @@ def test_the_scanner_finds_secrets_in_any_encoding() -> None:
     ):
         assert find_secrets(b"prefix " + wrapper + b" suffix", {"s": secret}), wrapper
     assert find_secrets(os.urandom(4096), {"s": secret}) == []
+
+
+def test_the_scheduled_job_rotates_once_the_interval_has_passed(
+    session: Session, keyring: Keyring, factory: sessionmaker[Session], users: list[int]
+) -> None:
+    dek = get_user_dek(session, keyring, users[0])
+    session.commit()
+    scheduled_rotation(factory, keyring)
+    assert session.scalar(select(KeyVersion.version).where(KeyVersion.active.is_(True))) == 1
+    session.execute(update(KeyVersion).values(created_at=utcnow() - timedelta(days=91)))
+    session.commit()
+    scheduled_rotation(factory, keyring)
+    session.expire_all()
+    assert session.scalar(select(KeyVersion.version).where(KeyVersion.active.is_(True))) == 2
+    assert _wrapped(session, users[0]).key_version == 2
+    assert get_user_dek(session, keyring, users[0]) == dek
+
+
+def test_a_due_connector_rotation_without_a_new_connector_key_raises_a_warning(
+    session: Session, keyring: Keyring, factory: sessionmaker[Session]
+) -> None:
+    kcv = "ab" * 8
+    session.add(
+        KeyVersion(
+            version=1,
+            provider=ProviderName.CONNECTOR,
+            kcv=kcv,
+            active=True,
+            created_at=utcnow() - timedelta(days=91),
+        )
+    )
+    session.commit()
+
+    async def connect() -> None:  # a connector whose newest key is the active one
+        async def send(message: dict[str, object]) -> None:
+            return None
+
+        keyring.hub.attach(ConnectorLink(1, "dc-1", "t", frozenset({kcv}), kcv, utcnow(), send))
+
+    asyncio.run(connect())
+    scheduled_rotation(factory, keyring)
+    alert = session.scalar(select(Alert).where(Alert.type == "key_rotation_due"))
+    assert alert is not None
+    assert alert.severity == "warning"
+    assert "fleetkeep key-connector new-key" in alert.details["reason"]
+    assert session.scalar(select(KeyVersion.version).where(KeyVersion.active.is_(True))) == 1
