@@ -7,6 +7,8 @@ of writes makes a crash harmless: packs, then the index naming them, then the sn
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fnmatch
 import os
 import socket
@@ -29,6 +31,8 @@ from fleetkeep.backup.tree import Node, encode_tree
 _IN_FLIGHT_FILES = 64
 _PROGRESS_EVERY_S = 0.5
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
 
 
 @dataclass
@@ -86,6 +90,22 @@ def _meta_node(name: bytes, kind: str, st: os.stat_result, path: bytes) -> Node:
     )
 
 
+def _tune_malloc() -> None:
+    """Make glibc return pack-sized buffers to the OS at once.
+
+    glibc raises its mmap threshold to the largest freed block (a 16 MiB pack), after which
+    packs and chunks come from the heap and fragment it: measured peak RSS of a 1 GB backup
+    155 MB, and 117 MB with a fixed 4 MiB mmap / 8 MiB trim threshold. Process-wide and
+    glibc-only; elsewhere this does nothing."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024)
+    mallopt(_M_TRIM_THRESHOLD, 8 * 1024 * 1024)
+
+
 def normalize_paths(paths: Iterable[str | os.PathLike[str]]) -> list[bytes]:
     """Absolute, normalized, sorted paths with those inside another path dropped."""
     out: list[bytes] = []
@@ -127,6 +147,7 @@ class Archiver:
     def run(self, paths: Iterable[str | os.PathLike[str]]) -> Snapshot:
         roots = normalize_paths(paths)
         started = datetime.now(UTC)
+        _tune_malloc()
         adopt_unindexed_packs(self.repo)
         try:
             tree = self._virtual_dir(b"/", [r.strip(b"/").split(b"/") for r in roots])
