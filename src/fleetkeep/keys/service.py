@@ -350,7 +350,10 @@ def rewrap_pending(factory: sessionmaker[Session], keyring: Keyring, batch_size:
     done = 0
     while True:
         with transaction(factory) as session:
-            active = active_version(session, keyring.settings)
+            found = _active_row(session)
+            if found is None:
+                return done
+            active = VersionInfo.of(found)
             rows = list(
                 session.scalars(
                     select(WrappedKey)
