@@ -50,6 +50,7 @@ elif op == "restore":
 class Run:
     seconds: float
     max_rss_kb: int
+    cpu_seconds: float
 
 
 @dataclass
@@ -77,7 +78,7 @@ def _run(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = N
         raise SystemExit(f"{' '.join(cmd[:3])}… failed ({proc.returncode}):\n{err[-3000:]}")
     if proc.stderr:
         proc.stderr.close()
-    return Run(elapsed, usage.ru_maxrss)
+    return Run(elapsed, usage.ru_maxrss, usage.ru_utime + usage.ru_stime)
 
 
 def drop_caches() -> bool:
@@ -231,6 +232,13 @@ def print_table(results: dict[str, Results], dataset: tuple[int, int], dropped: 
         f"{bg.repo_bytes / 1e6:>10.1f}MB{fk.repo_bytes / rs.repo_bytes:>11.2f}"
         f"{fk.repo_bytes / bg.repo_bytes:>9.2f}"
     )
+    print("CPU seconds (user + sys; less sensitive than wall time to other load on the machine)")
+    for step in ("initial backup", "unchanged backup", "mutated backup", "full restore"):
+        a, b, c = fk.runs[step], rs.runs[step], bg.runs[step]
+        print(
+            f"  {step:20}{a.cpu_seconds:>11.2f}s{b.cpu_seconds:>11.2f}s{c.cpu_seconds:>11.2f}s"
+            f"{a.cpu_seconds / b.cpu_seconds:>11.2f}{a.cpu_seconds / c.cpu_seconds:>9.2f}"
+        )
     peak = {n: max(r.max_rss_kb for r in res.runs.values()) for n, res in results.items()}
     print(
         f"{'peak RSS (any step)':22}{peak['fleetkeep'] / 1024:>10.0f}MB"
@@ -243,6 +251,14 @@ def print_table(results: dict[str, Results], dataset: tuple[int, int], dropped: 
             f"  {step:20}"
             + "".join(f"{results[n].runs[step].max_rss_kb / 1024:>10.0f}" for n in results)
         )
+
+
+def _progress(tool: str, step: str, r: Run) -> None:
+    print(
+        f"{tool:10} {step:18} {r.seconds:7.2f}s  cpu {r.cpu_seconds:6.2f}s  "
+        f"rss {r.max_rss_kb / 1024:.0f} MB  (load {os.getloadavg()[0]:.1f})",
+        flush=True,
+    )
 
 
 def benchmark(size_mb: int, files: int, only: list[str]) -> None:
@@ -268,27 +284,17 @@ def benchmark(size_mb: int, files: int, only: list[str]) -> None:
     for step in ("initial backup", "unchanged backup"):
         for t in tools:
             results[t.name].runs[step] = r = t.backup()
-            print(
-                f"{t.name:10} {step:18} {r.seconds:7.2f}s  rss {r.max_rss_kb / 1024:.0f} MB",
-                flush=True,
-            )
+            _progress(t.name, step, r)
     _dataset.mutate(data)
     for t in tools:
         results[t.name].runs["mutated backup"] = r = t.backup()
-        print(
-            f"{t.name:10} {'mutated backup':18} {r.seconds:7.2f}s  rss "
-            f"{r.max_rss_kb / 1024:.0f} MB",
-            flush=True,
-        )
+        _progress(t.name, "mutated backup", r)
     dropped = False
     for t in tools:
         target = WORK / f"{t.name}-restore"
         dropped = drop_caches()
         results[t.name].runs["full restore"] = r = t.restore(target)
-        print(
-            f"{t.name:10} {'full restore':18} {r.seconds:7.2f}s  rss {r.max_rss_kb / 1024:.0f} MB",
-            flush=True,
-        )
+        _progress(t.name, "full restore", r)
         restored = next(p for p in target.rglob("data") if p.is_dir() and (p / "proj00").exists())
         check = subprocess.run(
             ["diff", "-rq", "--no-dereference", str(data), str(restored)],

@@ -38,16 +38,16 @@ def encode_entries(entries: list[PackEntry]) -> bytes:
 def decode_entries(raw: bytes | memoryview, what: str) -> list[PackEntry]:
     if len(raw) % _ENTRY.size:
         raise IntegrityError(f"{what}: entry table has a partial entry")
-    out = []
-    for t, blob_id, offset, length in _ENTRY.iter_unpack(raw):
-        try:
-            blob_type = BlobType(t)
-        except ValueError:
-            raise IntegrityError(f"{what}: unknown blob type {t}") from None
-        out.append(PackEntry(blob_type, blob_id, offset, length))
-    return out
+    try:
+        return [
+            PackEntry(_BLOB_TYPES[t], blob_id, offset, length)
+            for t, blob_id, offset, length in _ENTRY.iter_unpack(raw)
+        ]
+    except KeyError as exc:
+        raise IntegrityError(f"{what}: unknown blob type {exc.args[0]}") from None
 
 
+_BLOB_TYPES = {t.value: t for t in BlobType}
 ENTRY_BYTES = _ENTRY.size
 assert _ENTRY.size == 1 + ID_BYTES + 8
 
