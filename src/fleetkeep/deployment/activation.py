@@ -493,14 +493,12 @@ def _attempt(
     req: ActivationRequest,
     check_password: PasswordCheck | None,
 ) -> Activation:
-    _check_rate(session, settings, "source", req.source)
     decision = Decision()
     try:
         try:
             decide(session, req, decision, check_password=check_password)
         finally:
-            if decision.token is not None:
-                _check_rate(session, settings, "token", str(decision.token.id))
+            _check_rate(session, settings, req.source, decision.token)
         return _apply(session, req, decision)
     except ActivationRefused as exc:
         session.rollback()
@@ -515,9 +513,12 @@ def _apply(session: Session, req: ActivationRequest, d: Decision) -> Activation:
     session.execute(select(User.id).where(User.id == user.id).with_for_update())
     plain, digest = new_token(DEVICE_TOKEN_PREFIX)
     reactivated = d.existing is not None
-    device = d.existing or _insert_device(session, req, d, user)
-    _refresh(device, req, d.mode)
-    device.token_hash = digest
+    if d.existing is not None:
+        device = d.existing
+        _refresh(device, req, d.mode)
+        device.token_hash = digest
+    else:
+        device = _insert_device(session, req, d, user, digest)
     plan_id = None
     if d.replaces is not None and not reactivated:
         plan_id = link_replacement(session, actor, d.replaces, device, d.scope).id
@@ -546,7 +547,9 @@ def _apply(session: Session, req: ActivationRequest, d: Decision) -> Activation:
     return Activation(device, plain, d.mode, reactivated, plan_id)
 
 
-def _insert_device(session: Session, req: ActivationRequest, d: Decision, user: User) -> Device:
+def _insert_device(
+    session: Session, req: ActivationRequest, d: Decision, user: User, token_hash: str
+) -> Device:
     if d.replaces is not None and d.replaces.id is not None:
         # Release the old hardware keys first: a re-imaged device keeps its serial.
         d.replaces.serial_key = None
@@ -561,8 +564,14 @@ def _insert_device(session: Session, req: ActivationRequest, d: Decision, user: 
         serial_key=req.serial_key,
         uuid_key=req.uuid_key,
         platform=req.platform,
+        os=req.os,
+        agent_version=req.agent_version,
+        os_username=req.os_username,
+        home_dir=req.home_dir,
         activation_mode=d.mode,
         state=DeviceState.ACTIVE,
+        token_hash=token_hash,
+        user=user,
     )
     if d.mapping is not None:
         device.name = d.mapping.device_name
@@ -630,25 +639,27 @@ def _record_refusal(
     session.flush()
 
 
-def _check_rate(session: Session, settings: Settings, kind: str, key: str) -> None:
-    """Too many refusals from one source (or for one token) in the window → 429 and an alert."""
+def _check_rate(
+    session: Session, settings: Settings, source: str, token: DeploymentToken | None
+) -> None:
+    """Too many refusals from one source, or for one token, in the window → 429 and an alert.
+
+    Checked once the token is known (whatever the outcome), in one query for both counters.
+    """
     window = settings.activation_failure_window_seconds
     since = utcnow() - timedelta(seconds=window)
-    if kind == "source":
-        limit = settings.activation_max_failures
-        where = ActivationFailure.source == key
-    else:
-        limit = settings.activation_max_failures_per_token
-        where = ActivationFailure.token_id == int(key)
-    failures = (
-        session.scalar(
-            select(func.count())
-            .select_from(ActivationFailure)
-            .where(where, ActivationFailure.at >= since)
+    by_source = ActivationFailure.source == source
+    by_token = ActivationFailure.token_id == (token.id if token is not None else -1)
+    counts = session.execute(
+        select(func.count().filter(by_source), func.count().filter(by_token)).where(
+            ActivationFailure.at >= since, or_(by_source, by_token)
         )
-        or 0
-    )
-    if failures < limit:
+    ).one()
+    if counts[0] >= settings.activation_max_failures:
+        kind, key, failures = "source", source, counts[0]
+    elif token is not None and counts[1] >= settings.activation_max_failures_per_token:
+        kind, key, failures = "token", str(token.id), counts[1]
+    else:
         return
     raise_alert(
         session,
@@ -661,8 +672,7 @@ def _check_rate(session: Session, settings: Settings, kind: str, key: str) -> No
     )
     session.flush()
     raise RateLimited(
-        f"too many refused activations for this {kind}; try again later",
-        retry_after=window,
+        f"too many refused activations for this {kind}; try again later", retry_after=window
     )
 
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-11-23 13:01:38.103061
+Create Date: 2026-11-23 13:13:44.378693
 """
 
 from collections.abc import Sequence
