@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-11-23 13:13:44.378693
+Create Date: 2026-11-23 13:19:41.064956
 """
 
 from collections.abc import Sequence
