@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache, wraps
@@ -20,8 +21,9 @@ from fleetkeep.db import make_engine, make_sessionmaker, transaction, upgrade
 from fleetkeep.errors import FleetkeepError
 from fleetkeep.settings import Settings, SettingsError, load_settings
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output (scripts, CI) is not cut to 80 columns: a truncated email is worse than a wide line.
+console = Console(width=None if sys.stdout.isatty() else 240)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 240)
 
 P = ParamSpec("P")
 R = TypeVar("R")

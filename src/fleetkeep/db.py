@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
 
@@ -178,9 +179,16 @@ def upgrade(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+@lru_cache(maxsize=1)
+def code_head() -> str | None:
+    """The head revision of the migrations shipped with this code (read once: it cannot change)."""
+    config = Config()
+    config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    return ScriptDirectory.from_config(config).get_current_head()
+
+
 def migration_state(engine: Engine) -> tuple[str | None, str | None]:
     """(current revision in the database, head revision of the code)."""
-    script = ScriptDirectory.from_config(_alembic_config(engine))
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
-    return current, script.get_current_head()
+    return current, code_head()

@@ -117,7 +117,7 @@ def status() -> None:
         rows = [
             [
                 lease.name,
-                lease.next_run_at.strftime("%Y-%m-%d %H:%M:%S"),
+                lease.last_started_at,
                 lease.holder or "",
                 run.status if run else "never",
                 run.finished_at if run else "",
@@ -125,7 +125,7 @@ def status() -> None:
             for lease, run in job_status(session)
         ]
     print_table(
-        "Jobs", ["job", "next run (UTC)", "running on", "last status", "last finished"], rows
+        "Jobs", ["job", "last started (UTC)", "running on", "last status", "last finished"], rows
     )
 
 

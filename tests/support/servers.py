@@ -26,7 +26,12 @@ def free_port() -> int:
 
 
 def fleetkeep_env(data_dir: Path, database_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETKEEP_")}
+    # Without bytecode caching every subprocess would recompile the whole package (seconds).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("FLEETKEEP_") and k != "PYTHONDONTWRITEBYTECODE"
+    }
     env.update(
         FLEETKEEP_DATA_DIR=str(data_dir),
         FLEETKEEP_DATABASE_URL=database_url,
@@ -121,13 +126,13 @@ def start_server(
     return server
 
 
-def wait_ready(server: ServerProcess, timeout: float = 60) -> None:
+def wait_ready(server: ServerProcess, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise AssertionError(f"server exited with {server.process.returncode}:\n{server.log()}")
         try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"{server.url}/readyz", timeout=15).status_code == 200:
                 return
         except httpx.TransportError:
             pass

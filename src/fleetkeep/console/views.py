@@ -57,15 +57,17 @@ def users(
     request: Request,
     session: DbSession,
     q: str | None = None,
-    state: UserState | None = None,
+    state: str = "",
     cursor: str | None = None,
 ) -> Response:
     principal = _principal(request, session)
     if principal is None:
         return RedirectResponse("/sign-in", status_code=303)
     limit = 50
+    # The filter form sends state="" for "any state".
+    wanted = UserState(state) if state in {s.value for s in UserState} else None
     found = identity.list_users(
-        session, after_id=decode_cursor(cursor), limit=limit, q=q, state=state
+        session, after_id=decode_cursor(cursor), limit=limit, q=q, state=wanted
     )
     return templates.TemplateResponse(
         request,
@@ -74,7 +76,7 @@ def users(
             "principal": principal,
             "users": found,
             "q": q or "",
-            "state": state.value if state else "",
+            "state": wanted.value if wanted else "",
             "states": [s.value for s in UserState],
             "next_cursor": next_cursor([u.id for u in found], limit),
         },

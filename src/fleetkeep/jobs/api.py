@@ -4,8 +4,9 @@ from datetime import datetime
 
 from fastapi import APIRouter
 
+from fleetkeep.jobs.registry import builtin_jobs
 from fleetkeep.jobs.scheduler import job_status
-from fleetkeep.web.deps import DbSession
+from fleetkeep.web.deps import AppSettings, DbSession
 from fleetkeep.web.schemas import Output
 
 router = APIRouter(tags=["jobs"])
@@ -13,7 +14,8 @@ router = APIRouter(tags=["jobs"])
 
 class JobOut(Output):
     name: str
-    next_run_at: datetime
+    interval_seconds: float | None
+    next_run_at: datetime | None
     running_on: str | None
     last_status: str | None
     last_started_at: datetime | None
@@ -22,11 +24,17 @@ class JobOut(Output):
 
 
 @router.get("/jobs")
-def jobs(session: DbSession) -> list[JobOut]:
+def jobs(session: DbSession, settings: AppSettings) -> list[JobOut]:
+    intervals = {job.name: job.interval for job in builtin_jobs(settings)}
     return [
         JobOut(
             name=lease.name,
-            next_run_at=lease.next_run_at,
+            interval_seconds=intervals[lease.name].total_seconds()
+            if lease.name in intervals
+            else None,
+            next_run_at=lease.last_started_at + intervals[lease.name]
+            if lease.last_started_at and lease.name in intervals
+            else None,
             running_on=lease.holder,
             last_status=run.status if run else None,
             last_started_at=run.started_at if run else None,

@@ -9,12 +9,16 @@ from fleetkeep.db import Base, utcnow
 
 
 class JobLease(Base):
-    """One row per job: whoever holds an unexpired lease runs it; ``next_run_at`` spaces runs."""
+    """One row per job: whoever holds an unexpired lease runs it.
+
+    A run is due when ``last_started_at`` is an interval old; the interval comes from the
+    running code and settings, so changing it takes effect at once.
+    """
 
     __tablename__ = "job_leases"
 
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
-    next_run_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_started_at: Mapped[datetime | None] = mapped_column(default=None)
     holder: Mapped[str | None] = mapped_column(String(200), default=None)
     leased_until: Mapped[datetime | None] = mapped_column(default=None)
 

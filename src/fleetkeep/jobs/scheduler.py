@@ -1,8 +1,8 @@
 """Runs registered periodic jobs; any number of processes may run a scheduler.
 
 Coordination is a conditional UPDATE on the job's lease row, which works the same on SQLite
-and PostgreSQL: the process whose UPDATE matches (lease free and run due) owns the run and
-moves ``next_run_at`` one interval ahead, so each interval's run happens exactly once. The
+and PostgreSQL: the process whose UPDATE matches (lease free, last start an interval ago) owns
+the run and stamps ``last_started_at``, so each interval's run happens exactly once. The
 holder renews the lease while the job runs, so a job never overlaps itself; if the holder
 dies, the lease expires and another process takes the next interval.
 """
@@ -83,7 +83,7 @@ class Scheduler:
             try:
                 with transaction(self.factory) as session:
                     if session.get(JobLease, name) is None:
-                        session.add(JobLease(name=name, next_run_at=utcnow()))
+                        session.add(JobLease(name=name))
             except IntegrityError:
                 pass  # another process created it first
 
@@ -94,14 +94,11 @@ class Scheduler:
                 update(JobLease)
                 .where(
                     JobLease.name == job.name,
-                    JobLease.next_run_at <= now,
-                    (JobLease.leased_until.is_(None)) | (JobLease.leased_until < now),
+                    JobLease.last_started_at.is_(None)
+                    | (JobLease.last_started_at <= now - job.interval),
+                    JobLease.leased_until.is_(None) | (JobLease.leased_until < now),
                 )
-                .values(
-                    holder=self.holder,
-                    leased_until=now + job.lease,
-                    next_run_at=now + job.interval,
-                )
+                .values(holder=self.holder, leased_until=now + job.lease, last_started_at=now)
             )
             return bool(result.rowcount)  # type: ignore[attr-defined]
 

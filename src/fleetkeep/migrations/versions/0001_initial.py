@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-11-23 13:19:41.064956
+Create Date: 2026-11-23 13:19:18.302209
 """
 
 from collections.abc import Sequence
@@ -166,7 +166,7 @@ def upgrade() -> None:
     op.create_table(
         "job_leases",
         sa.Column("name", sa.String(length=100), nullable=False),
-        sa.Column("next_run_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_started_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
         sa.Column("holder", sa.String(length=200), nullable=True),
         sa.Column("leased_until", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("name", name=op.f("pk_job_leases")),
