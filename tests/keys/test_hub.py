@@ -9,15 +9,18 @@ import pytest
 
 from fleetkeep.db import utcnow
 from fleetkeep.keys.errors import KeyCheckMismatch, KeyProviderNotConnected, WrappedKeyInvalid
-from fleetkeep.keys.hub import ConnectorHub, ConnectorLink
+from fleetkeep.keys.hub import ConnectorHub, ConnectorLink, LinkLost
 
 
 def _link(hub: ConnectorHub, session_id: int, behaviour: str, kcv: str = "k1") -> ConnectorLink:
-    """A link whose far end answers ``echo``, stays ``silent``, or says ``unwrap_failed``."""
+    """A link whose far end answers ``echo``, stays ``silent``, is ``closed`` (sending fails,
+    as when a killed connector's socket is written to), or says ``unwrap_failed``."""
 
     async def send(message: dict[str, Any]) -> None:
         if behaviour == "silent":
             return
+        if behaviour == "closed":
+            raise LinkLost("the connection closed")
         if behaviour == "echo":
             answer = {"type": "result", "id": message["id"], "data": message["data"]}
         else:
@@ -38,6 +41,18 @@ def test_a_silent_connector_times_out_and_the_request_fails_over() -> None:
         return [await hub.request("unwrap", "k1", "user:1", b"abc") for _ in range(4)][-1]
 
     assert asyncio.run(scenario()) == b"abc"
+
+
+def test_a_closed_socket_fails_over_and_alone_is_not_connected() -> None:
+    async def scenario(*behaviours: str) -> bytes:
+        hub = ConnectorHub(timeout=1)
+        for i, behaviour in enumerate(behaviours):
+            hub.attach(_link(hub, i, behaviour))
+        return await hub.request("wrap", "k1", "user:1", b"abc")
+
+    assert asyncio.run(scenario("closed", "echo")) == b"abc"
+    with pytest.raises(KeyProviderNotConnected, match="connection closed"):
+        asyncio.run(scenario("closed"))
 
 
 def test_when_every_connector_is_silent_the_error_names_them() -> None:

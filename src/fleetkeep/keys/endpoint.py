@@ -26,7 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from fleetkeep.db import transaction, utcnow
 from fleetkeep.errors import FleetkeepError
 from fleetkeep.keys.errors import ConnectorTokenInvalid, KeyCheckMismatch
-from fleetkeep.keys.hub import ConnectorHub, ConnectorLink, process_hub
+from fleetkeep.keys.hub import ConnectorHub, ConnectorLink, LinkLost, SendJson, process_hub
 from fleetkeep.keys.service import Hello, admit_connector, connector_gone, touch_connector
 
 log = logging.getLogger("fleetkeep.keys.connector")
@@ -63,7 +63,7 @@ async def connector_socket(websocket: WebSocket) -> None:
         hello.kcvs,
         hello.current_kcv,
         utcnow(),
-        websocket.send_json,
+        _sender(websocket),
     )
     hub.attach(link)
     log.info(
@@ -79,6 +79,18 @@ async def connector_socket(websocket: WebSocket) -> None:
         hub.detach(link)
         log.info("key connector disconnected", extra={"host": hello.host, "session": session_id})
         await run_in_threadpool(_gone, factory, session_id, hub)
+
+
+def _sender(websocket: WebSocket) -> SendJson:
+    """``send_json`` that reports a closed socket as ``LinkLost``, so requests fail over."""
+
+    async def send(message: dict[str, Any]) -> None:
+        try:
+            await websocket.send_json(message)
+        except (WebSocketDisconnect, RuntimeError, OSError) as exc:
+            raise LinkLost(f"the connection closed ({type(exc).__name__})") from None
+
+    return send
 
 
 async def _receive(websocket: WebSocket, hub: ConnectorHub, link: ConnectorLink) -> None:
