@@ -120,11 +120,17 @@ def status(
 def heartbeat() -> None:
     """Tell the server this device is alive (once)."""
     current = _enrolled()
-    _beat(current)
+    try:
+        _beat(current)
+    except ServerRefused as exc:
+        _exit(f"heartbeat refused: {exc.detail} [{exc.code}]", EXIT_REFUSED)
+    except httpx.TransportError as exc:
+        _exit(f"server unreachable: {exc}", EXIT_UNREACHABLE)
     typer.echo(f"device {current.device_id}: ok")
 
 
 def _beat(current: state.Enrollment) -> None:
+    """One heartbeat; on 'unauthorized' the local credentials are removed and the agent exits."""
     try:
         with DeviceClient(current.server, current.device_token) as client:
             answer = client.heartbeat()
@@ -135,8 +141,6 @@ def _beat(current: state.Enrollment) -> None:
             "local credentials removed",
             EXIT_UNAUTHORIZED,
         )
-    except ServerRefused as exc:
-        _exit(f"heartbeat refused: {exc.detail} [{exc.code}]", EXIT_REFUSED)
     current.config.update(answer.get("config", {}))
 
 
@@ -146,7 +150,10 @@ def run(
         float | None, typer.Option(help="seconds between heartbeats (default: server's)")
     ] = None,
 ) -> None:
-    """Run until stopped: activate silently on first start, then heartbeat on an interval."""
+    """Run until stopped: activate silently on first start, then heartbeat on an interval.
+
+    Network errors, 5xx and 429 answers are retried on the next beat; 'unauthorized' stops it.
+    """
     current = state.load() or _activate({}, None)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -156,6 +163,10 @@ def run(
             _beat(current)
         except httpx.TransportError as exc:
             typer.echo(f"fleetkeep-agent: server unreachable, will retry: {exc}", err=True)
+        except ServerRefused as exc:
+            if exc.status < 500 and exc.status != 429:
+                _exit(f"heartbeat refused: {exc.detail} [{exc.code}]", EXIT_REFUSED)
+            typer.echo(f"fleetkeep-agent: server busy ({exc.code}), will retry", err=True)
         wait = interval or float(current.config.get("heartbeat_seconds", 300))
         stop.wait(wait)
     typer.echo("stopped")
