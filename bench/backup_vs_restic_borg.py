@@ -216,7 +216,9 @@ def print_table(results: dict[str, Results], dataset: tuple[int, int], dropped: 
     fk, rs, bg = results["fleetkeep"], results["restic"], results["borg"]
     print(
         f"\ndata set: {dataset[0]} files, {dataset[1] / 1e6:.0f} MB; "
-        f"page cache {'dropped before each step' if dropped else 'NOT dropped (no permission)'}"
+        "backups read it from page cache; "
+        f"page cache {'dropped before each restore' if dropped else 'NOT dropped (no permission)'}"
+        f"; load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
     )
     head = f"{'':22}{'fleetkeep':>12}{'restic':>12}{'borg':>12}{'fk/restic':>11}{'fk/borg':>9}"
     print(head)
@@ -229,8 +231,8 @@ def print_table(results: dict[str, Results], dataset: tuple[int, int], dropped: 
         )
     print(
         f"{'repository size':22}{fk.repo_bytes / 1e6:>10.1f}MB{rs.repo_bytes / 1e6:>10.1f}MB"
-        f"{bg.repo_bytes / 1e6:>10.1f}MB{fk.repo_bytes / rs.repo_bytes:>11.2f}"
-        f"{fk.repo_bytes / bg.repo_bytes:>9.2f}"
+        f"{bg.repo_bytes / 1e6:>10.1f}MB{fk.repo_bytes / rs.repo_bytes:>11.3f}"
+        f"{fk.repo_bytes / bg.repo_bytes:>9.3f}"
     )
     print("CPU seconds (user + sys; less sensitive than wall time to other load on the machine)")
     for step in ("initial backup", "unchanged backup", "mutated backup", "full restore"):

@@ -150,7 +150,13 @@ class Archiver:
         _tune_malloc()
         adopt_unindexed_packs(self.repo)
         try:
-            tree = self._virtual_dir(b"/", [r.strip(b"/").split(b"/") for r in roots])
+            if roots == [b"/"]:  # the whole filesystem: the root tree is "/" itself
+                root = self._dir(b"/", b"/", os.lstat(b"/"))
+                self._finish_dirs(block=True)
+                assert root.subtree is not None
+                tree = root.subtree
+            else:
+                tree = self._virtual_dir(b"/", [r.strip(b"/").split(b"/") for r in roots])
         finally:
             self._pool.shutdown(wait=True)
         self.sink.flush()

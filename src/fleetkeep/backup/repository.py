@@ -419,24 +419,20 @@ class BlobSink:
     def put(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> None:
         """Store a blob already reserved by this caller."""
         head, body = self._repo.crypto.seal_blob_parts(blob_type, blob_id, data)
-        full: PackWriter | None = None
-        with self._lock:
-            writer = self._writers[blob_type]
-            writer.add(blob_type, blob_id, head, body)
-            self.new_blobs += 1
-            self.new_bytes += len(data)
-            if writer.size >= self._repo.config.pack_target:
-                full = writer
-                self._writers[blob_type] = PackWriter()
-        if full is not None:
-            self._upload(full)
+        self._append(blob_type, blob_id, len(data), head, body)
 
     def put_sealed(self, blob_type: BlobType, blob_id: bytes, sealed: bytes) -> None:
         """Repack an already-sealed blob (prune): the seal is bound to the id, not the pack."""
+        self._append(blob_type, blob_id, 0, sealed)
+
+    def _append(self, blob_type: BlobType, blob_id: bytes, new: int, *parts: bytes) -> None:
         full: PackWriter | None = None
         with self._lock:
             writer = self._writers[blob_type]
-            writer.add(blob_type, blob_id, sealed)
+            writer.add(blob_type, blob_id, *parts)
+            if new:
+                self.new_blobs += 1
+                self.new_bytes += new
             if writer.size >= self._repo.config.pack_target:
                 full = writer
                 self._writers[blob_type] = PackWriter()
