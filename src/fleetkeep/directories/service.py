@@ -74,6 +74,7 @@ def create_directory(
     """Register a directory. AD/LDAP settings are validated and given the kind's defaults;
     other kinds keep the settings their own module validated."""
     _only(fields, _DIRECTORY_FIELDS - {"name"})
+    kind = DirectoryKind(kind)
     _unique_name(session, name)
     fields["settings"] = _checked_settings(kind, fields.get("settings") or {})
     _check_numbers(fields)
