@@ -30,7 +30,8 @@ def scrub(text: str) -> str:
     return text
 
 
-_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+# uvicorn adds color_message, an ANSI-coloured copy of msg: noise in JSON logs.
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
