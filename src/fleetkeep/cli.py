@@ -23,6 +23,7 @@ from fleetkeep.identity.cli import profiles_app, regions_app, users_app
 from fleetkeep.keys.cli import keys_app
 from fleetkeep.keys.service import init_keys
 from fleetkeep.ops_cli import alerts_app, audit, db_app, jobs_app
+from fleetkeep.vault.catalogue_cli import snapshots_app
 
 app = typer.Typer(
     help="fleetkeep: self-hosted endpoint data protection.",
@@ -45,6 +46,7 @@ app.add_typer(devices_app, name="devices")
 app.add_typer(deploy_app, name="deploy")
 app.add_typer(keys_app, name="keys")
 app.add_typer(connector_app, name="key-connector")
+app.add_typer(snapshots_app, name="snapshots")
 app.command("audit")(audit)
 
 

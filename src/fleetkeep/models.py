@@ -10,5 +10,6 @@ from fleetkeep.directories.scim import models as scim_models  # noqa: F401
 from fleetkeep.identity import models as identity_models
 from fleetkeep.jobs import models as jobs_models
 from fleetkeep.keys import models as keys_models  # noqa: F401
+from fleetkeep.vault import models as vault_models  # noqa: F401
 
 __all__ = ["admins_models", "alerts_models", "audit_models", "identity_models", "jobs_models"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 
@@ -44,19 +44,24 @@ class DeviceClient:
         self.http.close()
 
     def activate(self, request: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", "/device/v1/activations", json=request)
+        return self.call("POST", "/device/v1/activations", json=request)
 
     def heartbeat(self) -> dict[str, Any]:
-        return self._call("POST", "/device/v1/heartbeat", json={"agent_version": __version__})
+        return self.call("POST", "/device/v1/heartbeat", json={"agent_version": __version__})
 
     def restore_plan(self) -> dict[str, Any]:
-        return self._call("GET", "/device/v1/restore-plan")
+        return self.call("GET", "/device/v1/restore-plan")
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    def call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         response = self.http.request(method, path, **kwargs)
         if response.is_success:
             body: dict[str, Any] = response.json()
             return body
+        self.raise_refusal(response)
+
+    @staticmethod
+    def raise_refusal(response: httpx.Response) -> NoReturn:
+        """Turn an error answer (problem JSON, or anything else) into ``ServerRefused``."""
         try:
             problem = response.json()
         except ValueError:

@@ -28,6 +28,9 @@ from fleetkeep.keys import api as keys_api
 from fleetkeep.keys import endpoint as keys_endpoint
 from fleetkeep.observability import Metrics
 from fleetkeep.settings import Settings
+from fleetkeep.vault import api as vault_api
+from fleetkeep.vault import device_api as vault_device_api
+from fleetkeep.vault.sessions import MAX_OBJECT_BYTES
 from fleetkeep.web import health, problems
 from fleetkeep.web.deps import authorize
 from fleetkeep.web.health import DomainCollector
@@ -47,6 +50,7 @@ ADMIN_ROUTERS: list[APIRouter] = [
     csv_import_api.router,
     entra_api.router,
     google_api.router,
+    vault_api.router,
 ]
 # Routers mounted as they are (they carry their own auth: device tokens, SCIM tokens …).
 OTHER_ROUTERS: list[APIRouter] = [
@@ -54,12 +58,14 @@ OTHER_ROUTERS: list[APIRouter] = [
     console_views.router,
     keys_endpoint.router,
     device_api.router,
+    vault_device_api.router,
     scim_api.router,
 ]
 # Larger body limits for upload routes, by path prefix.
 BODY_LIMITS: dict[str, int] = {
     "/api/v1/device-mappings": 32 * 1024 * 1024,
     "/api/v1/imports": 33 * 1024 * 1024,
+    vault_device_api.UPLOAD_PREFIX: MAX_OBJECT_BYTES,
 }
 
 

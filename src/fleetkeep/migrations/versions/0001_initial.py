@@ -2,7 +2,7 @@
 
 Revision ID: 0001_initial
 Revises:
-Create Date: 2026-11-23 13:19:18.302209
+Create Date: 2026-11-23 13:41:38.495177
 """
 
 from collections.abc import Sequence
@@ -708,6 +708,19 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "storage_usage",
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("stored_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_storage_usage_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("user_id", name=op.f("pk_storage_usage")),
+    )
+    op.create_table(
         "wrapped_keys",
         sa.Column("user_id", sa.Integer(), autoincrement=False, nullable=False),
         sa.Column("key_version", sa.Integer(), nullable=False),
@@ -738,6 +751,54 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_wrapped_keys_key_version"), ["key_version"], unique=False
         )
+
+    op.create_table(
+        "backup_sessions",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("device_id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column(
+            "state",
+            sa.Enum(
+                "open",
+                "committed",
+                "aborted",
+                "failed",
+                "abandoned",
+                name="sessionstate",
+                native_enum=False,
+                length=12,
+            ),
+            nullable=False,
+        ),
+        sa.Column("started_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("last_activity_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("uploaded_objects", sa.Integer(), nullable=False),
+        sa.Column("uploaded_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("progress", sa.JSON(), nullable=False),
+        sa.Column("error_code", sa.String(length=64), nullable=False),
+        sa.Column("error_detail", sa.String(length=1000), nullable=False),
+        sa.Column("snapshot_id", sa.String(length=64), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["device_id"],
+            ["devices.id"],
+            name=op.f("fk_backup_sessions_device_id_devices"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_backup_sessions_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_backup_sessions")),
+    )
+    with op.batch_alter_table("backup_sessions", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_backup_sessions_device_state", ["device_id", "state"], unique=False
+        )
+        batch_op.create_index(batch_op.f("ix_backup_sessions_user_id"), ["user_id"], unique=False)
 
     op.create_table(
         "device_mappings",
@@ -817,21 +878,72 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_restore_plans")),
         sa.UniqueConstraint("device_id", name=op.f("uq_restore_plans_device_id")),
     )
+    op.create_table(
+        "snapshots",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.Column("device_id", sa.Integer(), nullable=True),
+        sa.Column("session_id", sa.Integer(), nullable=True),
+        sa.Column("snapshot_id", sa.String(length=64), nullable=False),
+        sa.Column("time", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("committed_at", fleetkeep.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("hostname", sa.String(length=255), nullable=False),
+        sa.Column("paths", sa.JSON(), nullable=False),
+        sa.Column("file_count", sa.BigInteger(), nullable=False),
+        sa.Column("dir_count", sa.BigInteger(), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("new_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("stored_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("errors", sa.Integer(), nullable=False),
+        sa.Column("duration_ms", sa.BigInteger(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["device_id"],
+            ["devices.id"],
+            name=op.f("fk_snapshots_device_id_devices"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["session_id"],
+            ["backup_sessions.id"],
+            name=op.f("fk_snapshots_session_id_backup_sessions"),
+            ondelete="SET NULL",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"], ["users.id"], name=op.f("fk_snapshots_user_id_users"), ondelete="CASCADE"
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_snapshots")),
+        sa.UniqueConstraint("user_id", "snapshot_id", name=op.f("uq_snapshots_user_id")),
+    )
+    with op.batch_alter_table("snapshots", schema=None) as batch_op:
+        batch_op.create_index("ix_snapshots_device_time", ["device_id", "time"], unique=False)
+        batch_op.create_index("ix_snapshots_user_time", ["user_id", "time"], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("snapshots", schema=None) as batch_op:
+        batch_op.drop_index("ix_snapshots_user_time")
+        batch_op.drop_index("ix_snapshots_device_time")
+
+    op.drop_table("snapshots")
     op.drop_table("restore_plans")
     with op.batch_alter_table("device_mappings", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_device_mappings_user_id"))
         batch_op.drop_index("ix_device_mappings_identifier")
 
     op.drop_table("device_mappings")
+    with op.batch_alter_table("backup_sessions", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_backup_sessions_user_id"))
+        batch_op.drop_index("ix_backup_sessions_device_state")
+
+    op.drop_table("backup_sessions")
     with op.batch_alter_table("wrapped_keys", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_wrapped_keys_key_version"))
 
     op.drop_table("wrapped_keys")
+    op.drop_table("storage_usage")
     with op.batch_alter_table("scim_users", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_scim_users_external_id"))
 

@@ -1,0 +1,202 @@
+"""The user's repository on the server, as a ``Store`` the backup library runs against.
+
+Reads go to ``/device/v1/repository/objects``; writes belong to a backup session: packs and
+index files are uploaded as they are made, and the snapshot (the library writes it last) is
+the session's commit. Every call is retried with exponential back-off on network errors,
+5xx and 429, so a dropped connection or a restarting server only pauses a backup. Retrying
+is safe because every object except ``config`` is named by its content.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+
+import httpx
+
+from fleetkeep.agent.client import DeviceClient, ServerRefused
+from fleetkeep.backup.errors import BackupError, ObjectNotFound
+from fleetkeep.backup.stores.base import ObjectInfo, Store, check_name
+
+T = TypeVar("T")
+OBJECTS = "/device/v1/repository/objects"
+SESSIONS = "/device/v1/backup-sessions"
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Waits of ``first`` * 2**n (with jitter) up to ``cap`` seconds, for ``attempts`` tries.
+
+    The defaults ride out a server restart or a short network cut (about five minutes in
+    all). ``FLEETKEEP_AGENT_RETRY_ATTEMPTS`` / ``FLEETKEEP_AGENT_RETRY_CAP`` override them.
+    """
+
+    attempts: int = 10
+    first: float = 1.0
+    cap: float = 60.0
+
+    @classmethod
+    def from_env(cls) -> Backoff:
+        env = os.environ
+        return cls(
+            attempts=int(env.get("FLEETKEEP_AGENT_RETRY_ATTEMPTS", cls.attempts)),
+            first=min(cls.first, float(env.get("FLEETKEEP_AGENT_RETRY_CAP", cls.cap))),
+            cap=float(env.get("FLEETKEEP_AGENT_RETRY_CAP", cls.cap)),
+        )
+
+    def wait(self, attempt: int) -> float:
+        base: float = min(self.cap, self.first * 2**attempt)
+        return base * (0.5 + random.random() / 2)
+
+
+def transient(exc: Exception) -> bool:
+    """Worth retrying: the network, an overloaded or restarting server, a key provider away."""
+    if isinstance(exc, httpx.TransportError):
+        return True
+    return isinstance(exc, ServerRefused) and (exc.status >= 500 or exc.status == 429)
+
+
+def retrying(call: Callable[[], T], backoff: Backoff) -> T:
+    for attempt in range(backoff.attempts):
+        try:
+            return call()
+        except (httpx.TransportError, ServerRefused) as exc:
+            if not transient(exc) or attempt == backoff.attempts - 1:
+                raise
+            time.sleep(backoff.wait(attempt))
+    raise AssertionError("unreachable")
+
+
+class ReadOnlyRepository(BackupError):
+    code = "read_only_repository"
+
+
+class VaultApi:
+    """The device API calls of backups and restores, each retried."""
+
+    def __init__(self, client: DeviceClient, backoff: Backoff | None = None) -> None:
+        self.client = client
+        self.backoff = backoff or Backoff.from_env()
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        def once() -> httpx.Response:
+            response = self.client.http.request(method, path, **kwargs)
+            if response.is_success or (method == "HEAD" and response.status_code == 404):
+                return response
+            self.client.raise_refusal(response)
+            raise AssertionError("unreachable")
+
+        return retrying(once, self.backoff)
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._send(method, path, **kwargs).json()
+
+    def begin(self) -> dict[str, Any]:
+        # Not retried here: a refusal (quota, key provider away) is for the caller to report.
+        return self.client.call("POST", SESSIONS)
+
+    def upload(self, session_id: int, name: str, data: bytes) -> bool:
+        answer = self.json("PUT", f"{SESSIONS}/{session_id}/objects/{name}", content=data)
+        return bool(answer["stored"])
+
+    def commit(self, session_id: int, snapshot_id: str, sealed: bytes) -> dict[str, Any]:
+        answer: dict[str, Any] = self.json(
+            "PUT", f"{SESSIONS}/{session_id}/snapshot/{snapshot_id}", content=sealed
+        )
+        return answer
+
+    def progress(self, session_id: int, progress: dict[str, int]) -> None:
+        """Best effort, once: progress is a courtesy and must never stall the backup."""
+        with contextlib.suppress(httpx.HTTPError):
+            self.client.http.post(f"{SESSIONS}/{session_id}/progress", json=progress, timeout=5.0)
+
+    def abort(self, session_id: int, reason: str) -> None:
+        # If this fails the server abandons the session when the device begins its next one.
+        with contextlib.suppress(httpx.HTTPError):
+            self.client.http.post(
+                f"{SESSIONS}/{session_id}/abort", json={"reason": reason[:1000]}, timeout=10.0
+            )
+
+    def repository_key(self) -> dict[str, Any]:
+        answer: dict[str, Any] = self.json("POST", "/device/v1/repository/key")
+        return answer
+
+    def snapshots(self, device_id: int | None = None) -> list[dict[str, Any]]:
+        params = {"device_id": device_id} if device_id is not None else {}
+        found: list[dict[str, Any]] = self.json("GET", "/device/v1/snapshots", params=params)
+        return found
+
+    def get(self, name: str, byte_range: str | None = None) -> bytes:
+        headers = {"Range": byte_range} if byte_range else {}
+        try:
+            return self._send("GET", f"{OBJECTS}/{name}", headers=headers).content
+        except ServerRefused as exc:
+            if exc.status == 404:
+                raise ObjectNotFound(f"object {name} not found") from None
+            raise
+
+    def exists(self, name: str) -> bool:
+        return self._send("HEAD", f"{OBJECTS}/{name}").status_code == 200
+
+    def list(self, prefix: str) -> Iterator[dict[str, Any]]:
+        after = ""
+        while True:
+            page = self.json("GET", OBJECTS, params={"prefix": prefix, "after": after})
+            yield from page["items"]
+            if not page.get("next_after"):
+                return
+            after = page["next_after"]
+
+
+class RemoteStore(Store):
+    """A ``Store`` over :class:`VaultApi`. Without a session it is read-only (restore)."""
+
+    def __init__(self, api: VaultApi, session_id: int | None = None) -> None:
+        self.api = api
+        self.session_id = session_id
+        self.committed: dict[str, Any] | None = None
+        self.uploaded = 0
+        self.uploaded_bytes = 0
+
+    def put(self, name: str, data: bytes | bytearray) -> None:
+        check_name(name)
+        if self.session_id is None:
+            raise ReadOnlyRepository("no backup session: the repository is read-only here")
+        if name.startswith("snapshots/"):
+            self.committed = self.api.commit(
+                self.session_id, name.removeprefix("snapshots/"), bytes(data)
+            )
+            return
+        if self.api.upload(self.session_id, name, bytes(data)):
+            self.uploaded += 1
+            self.uploaded_bytes += len(data)
+
+    def get(self, name: str) -> bytes:
+        return self.api.get(check_name(name))
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        if length <= 0:
+            return b""
+        if offset < 0:
+            return self.api.get(check_name(name), f"bytes={offset}")[:length]
+        return self.api.get(check_name(name), f"bytes={offset}-{offset + length - 1}")
+
+    def exists(self, name: str) -> bool:
+        return self.api.exists(check_name(name))
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        for item in self.api.list(prefix):
+            yield ObjectInfo(
+                item["name"], int(item["size"]), datetime.fromisoformat(item["modified"])
+            )
+
+    def delete(self, name: str) -> None:
+        raise ReadOnlyRepository(
+            "agents never delete from the repository (prune runs on the server)"
+        )

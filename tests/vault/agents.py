@@ -1,0 +1,100 @@
+"""Driving real ``fleetkeep-agent`` processes for backups against a real server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.support.servers import BIN, ServerProcess
+
+
+@dataclass
+class Org:
+    admin: httpx.Client
+    token: str
+    profile_id: int
+    region_id: int
+
+    def user(self, email: str, **extra: Any) -> int:
+        r = self.admin.post(
+            "/api/v1/users",
+            json={
+                "email": email,
+                "profile_id": self.profile_id,
+                "storage_region_id": self.region_id,
+                **extra,
+            },
+        )
+        assert r.status_code == 201, r.text
+        return int(r.json()["id"])
+
+
+def setup_org(server: ServerProcess, store_url: str, policy: dict[str, Any] | None = None) -> Org:
+    admin = server.admin_client()
+    r = admin.post("/api/v1/profiles", json={"name": "Laptops", "policy": policy or {}})
+    assert r.status_code == 201, r.text
+    profile = r.json()["id"]
+    r = admin.post("/api/v1/storage-regions", json={"name": "main", "store_url": store_url})
+    assert r.status_code == 201, r.text
+    region = r.json()["id"]
+    token = admin.post("/api/v1/deployment-tokens", json={"label": "rollout"}).json()["token"]
+    return Org(admin, token, profile, region)
+
+
+@dataclass
+class Agent:
+    """One device: its state directory, its environment and its home folder."""
+
+    env: dict[str, str]
+    state_dir: Path
+    home: Path
+
+    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "fleetkeep-agent"), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def ok(self, *args: str) -> str:
+        done = self.run(*args)
+        assert done.returncode == 0, f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [str(BIN / "fleetkeep-agent"), *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+def new_agent(
+    tmp_path: Path, server: ServerProcess, org: Org, email: str, hostname: str, **extra: str
+) -> Agent:
+    base = tmp_path / hostname
+    home = base / "home"
+    home.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEETKEEP_", "AWS_"))}
+    env.update(
+        FLEETKEEP_AGENT_DIR=str(base / "state"),
+        FLEETKEEP_HOSTNAME=hostname,
+        FLEETKEEP_SERIAL=f"SN-{hostname}",
+        FLEETKEEP_HARDWARE_UUID="",
+        FLEETKEEP_AGENT_RETRY_ATTEMPTS="4",
+        FLEETKEEP_AGENT_RETRY_CAP="0.5",
+        HOME=str(home),
+    )
+    env.update(extra)
+    agent = Agent(env, base / "state", home)
+    agent.ok("activate", "--server", server.url, "--token", org.token, "--email", email)
+    return agent
