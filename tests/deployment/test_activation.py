@@ -188,11 +188,20 @@ def test_oversized_and_malformed_requests_get_a_clear_error_an_audit_record_and_
     assert [e["after"]["code"] for e in audit.json()["items"]] == ["invalid_input", "invalid_input"]
 
 
-def test_forged_device_tokens_are_unauthorized(org: Org) -> None:
-    for token in ("fkd_forged", "", "fkt_" + "a" * 43):
+def test_forged_device_tokens_are_unauthorized_audited_and_change_nothing(org: Org) -> None:
+    org.user("ann@example.com")
+    real = org.activate(email="ann@example.com", hostname="h")
+    before = org.devices()
+    for token in ("fkd_forged", "", "fkt_" + "a" * 43, real["device_token"] + "x"):
         r = device_call(org.client, "POST", "/device/v1/heartbeat", token)
         assert r.status_code == 401
         assert r.json()["code"] == "device_unauthorized"
+        assert r.json()["reason"] in ("token_invalid", "token_missing")
+    assert org.devices() == before
+    audit = org.client.get("/api/v1/audit", params={"action": "device.token_refused"}).json()
+    reasons = sorted(e["after"]["code"] for e in audit["items"])
+    assert reasons == ["token_invalid", "token_invalid", "token_invalid", "token_missing"]
+    assert real["device_token"] not in str(audit)
 
 
 def test_heartbeat_updates_last_seen_and_agent_version(org: Org) -> None:

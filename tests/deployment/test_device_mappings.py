@@ -93,6 +93,8 @@ def test_whole_file_problems_are_precise(org: Org) -> None:
     for body, code in cases:
         assert upload(org, body, 422)["code"] == code, body
     assert pending(org) == []
+    audit = org.client.get("/api/v1/audit", params={"action": "device_mapping.reject"}).json()
+    assert sorted(e["after"]["code"] for e in audit["items"]) == sorted(c for _, c in cases)
 
 
 def test_utf16_and_bom_files_from_spreadsheets_are_accepted(org: Org) -> None:

@@ -19,17 +19,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from fleetkeep.alerts.service import raise_alert
 from fleetkeep.audit.service import Actor, record
 from fleetkeep.db import utcnow
-from fleetkeep.deployment import tokens
+from fleetkeep.deployment import abuse, tokens
 from fleetkeep.deployment.authkeys import check_auth_key, consume_auth_key
 from fleetkeep.deployment.devices import COUNTED_STATES, DEVICE_TOKEN_PREFIX, live_devices_of
 from fleetkeep.deployment.directory import (
@@ -40,7 +38,6 @@ from fleetkeep.deployment.directory import (
 from fleetkeep.deployment.errors import ActivationRefused
 from fleetkeep.deployment.mappings import normalize_identifier
 from fleetkeep.deployment.models import (
-    ActivationFailure,
     AuthKey,
     DeploymentToken,
     Device,
@@ -51,7 +48,6 @@ from fleetkeep.deployment.models import (
     RestoreScope,
 )
 from fleetkeep.deployment.replacement import link_replacement
-from fleetkeep.errors import RateLimited
 from fleetkeep.identity.models import User, UserState
 from fleetkeep.identity.service import create_user, normalize_email
 from fleetkeep.settings import Settings
@@ -494,11 +490,23 @@ def _attempt(
     check_password: PasswordCheck | None,
 ) -> Activation:
     decision = Decision()
+    refused: ActivationRefused | None = None
     try:
-        try:
-            decide(session, req, decision, check_password=check_password)
-        finally:
-            _check_rate(session, settings, req.source, decision.token)
+        decide(session, req, decision, check_password=check_password)
+    except ActivationRefused as exc:
+        refused = exc
+    # Checked once the token is known, whatever the outcome: a rate-limited caller learns
+    # nothing about its guess.
+    limit = abuse.exceeded_limit(
+        session, settings, req.source, decision.token.id if decision.token else None
+    )
+    if limit is not None:
+        session.rollback()
+        abuse.record_limited(session, _actor(req), limit, "device.activation_refused")
+        raise limit.error()
+    try:
+        if refused is not None:
+            raise refused
         return _apply(session, req, decision)
     except ActivationRefused as exc:
         session.rollback()
@@ -506,8 +514,12 @@ def _attempt(
         raise
 
 
+def _actor(req: ActivationRequest) -> Actor:
+    return Actor(f"device:{req.hostname}", source_ip=req.source)
+
+
 def _apply(session: Session, req: ActivationRequest, d: Decision) -> Activation:
-    actor = Actor(f"device:{req.hostname}", source_ip=req.source)
+    actor = _actor(req)
     user = d.user if d.user is not None else _create_directory_user(session, actor, d)
     # One activation per user at a time keeps the device limit exact under concurrency.
     session.execute(select(User.id).where(User.id == user.id).with_for_update())
@@ -617,19 +629,19 @@ def _create_directory_user(session: Session, actor: Actor, d: Decision) -> User:
     return user
 
 
-# Refusals and rate limits ---------------------------------------------------------------------
+# Refusals ------------------------------------------------------------------------------------
 
 
 def _record_refusal(
     session: Session, req: ActivationRequest, d: Decision, exc: ActivationRefused
 ) -> None:
     token_id = d.token.id if d.token is not None else exc.extra.get("token_id")
-    session.add(ActivationFailure(source=req.source, token_id=token_id, code=exc.code))
+    abuse.count_failure(session, req.source, exc.code, token_id)
     if req.auth_key:
         consume_auth_key(session, None, secret=req.auth_key)
     record(
         session,
-        Actor(f"device:{req.hostname}", source_ip=req.source),
+        _actor(req),
         "device.activation_refused",
         "device",
         "",
@@ -639,46 +651,9 @@ def _record_refusal(
     session.flush()
 
 
-def _check_rate(
-    session: Session, settings: Settings, source: str, token: DeploymentToken | None
-) -> None:
-    """Too many refusals from one source, or for one token, in the window → 429 and an alert.
-
-    Checked once the token is known (whatever the outcome), in one query for both counters.
-    """
-    window = settings.activation_failure_window_seconds
-    since = utcnow() - timedelta(seconds=window)
-    by_source = ActivationFailure.source == source
-    by_token = ActivationFailure.token_id == (token.id if token is not None else -1)
-    counts = session.execute(
-        select(func.count().filter(by_source), func.count().filter(by_token)).where(
-            ActivationFailure.at >= since, or_(by_source, by_token)
-        )
-    ).one()
-    if counts[0] >= settings.activation_max_failures:
-        kind, key, failures = "source", source, counts[0]
-    elif token is not None and counts[1] >= settings.activation_max_failures_per_token:
-        kind, key, failures = "token", str(token.id), counts[1]
-    else:
-        return
-    raise_alert(
-        session,
-        "activation_brute_force",
-        f"{kind}:{key}",
-        "warning",
-        f"{failures} refused activations from {kind} {key} in {window} s; further attempts are "
-        "refused until the window passes",
-        {"kind": kind, "key": key, "failures": failures, "window_seconds": window},
-    )
-    session.flush()
-    raise RateLimited(
-        f"too many refused activations for this {kind}; try again later", retry_after=window
-    )
-
-
 def record_invalid_request(session: Session, source: str, errors: list[dict[str, str]]) -> None:
     """A malformed activation request (oversized or missing fields): audited, counted, no change."""
-    session.add(ActivationFailure(source=source, code="invalid_input"))
+    abuse.count_failure(session, source, "invalid_input")
     record(
         session,
         Actor(f"device@{source}", source_ip=source),
