@@ -24,6 +24,7 @@ from fleetkeep.keys.cli import keys_app
 from fleetkeep.keys.service import init_keys
 from fleetkeep.ops_cli import alerts_app, audit, db_app, jobs_app
 from fleetkeep.vault.catalogue_cli import snapshots_app
+from fleetkeep.vault.cli import check, restore
 
 app = typer.Typer(
     help="fleetkeep: self-hosted endpoint data protection.",
@@ -48,6 +49,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(connector_app, name="key-connector")
 app.add_typer(snapshots_app, name="snapshots")
 app.command("audit")(audit)
+app.command("check")(check)
+app.command("restore")(restore)
 
 
 @app.command()

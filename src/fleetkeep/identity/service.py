@@ -24,6 +24,7 @@ from fleetkeep.audit.service import Actor, record
 from fleetkeep.db import utcnow
 from fleetkeep.errors import Conflict, InvalidInput, NotFound
 from fleetkeep.identity.models import Profile, QuotaUnit, StorageRegion, User, UserState
+from fleetkeep.vault.policy import validate_policy
 
 ALLOWED: dict[UserState, set[UserState]] = {
     UserState.ACTIVE: {UserState.PRESERVED, UserState.DELETED},
@@ -75,6 +76,8 @@ def validate_email(email: str) -> str:
 def create_profile(session: Session, actor: Actor, **fields: Any) -> Profile:
     _only(fields, _PROFILE_FIELDS)
     _unique_name(session, Profile, fields["name"])
+    if "policy" in fields:
+        fields["policy"] = validate_policy(fields["policy"])
     profile = Profile(**fields)
     session.add(profile)
     session.flush()
@@ -87,6 +90,8 @@ def update_profile(session: Session, actor: Actor, profile_id: int, **fields: An
     profile = get_profile(session, profile_id)
     if "name" in fields and fields["name"] != profile.name:
         _unique_name(session, Profile, fields["name"])
+    if fields.get("policy") is not None:
+        fields["policy"] = validate_policy(fields["policy"])
     before = profile_view(profile)
     for key, value in fields.items():
         setattr(profile, key, value)

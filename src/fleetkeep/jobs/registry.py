@@ -17,6 +17,7 @@ from fleetkeep.identity.service import purge_deleted_users
 from fleetkeep.jobs.scheduler import Job
 from fleetkeep.keys.jobs import key_jobs
 from fleetkeep.settings import Settings
+from fleetkeep.vault.jobs import vault_jobs
 
 
 def builtin_jobs(settings: Settings) -> list[Job]:
@@ -32,6 +33,7 @@ def builtin_jobs(settings: Settings) -> list[Job]:
         *scim_jobs(settings),
         *entra_jobs(settings),
         *google_jobs(settings),
+        *vault_jobs(settings),
     ]
     return [_with_interval(job, settings) for job in jobs]
 
