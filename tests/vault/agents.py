@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import random
 import subprocess
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tests.support.servers import BIN, ServerProcess
+from fleetkeep.backup import Repository
+from fleetkeep.backup.stores import Store
+from tests.backup.conftest import SMALL_CHUNKS, SMALL_PACKS
+from tests.support.servers import BIN, ServerProcess, wait_ready
 
 
 @dataclass
@@ -98,3 +106,50 @@ def new_agent(
     agent = Agent(env, base / "state", home)
     agent.ok("activate", "--server", server.url, "--token", org.token, "--email", email)
     return agent
+
+
+def repository_key(server: ServerProcess, agent: Agent) -> bytes:
+    """The user's data key, as the server hands it to the agent."""
+    token = json.loads((agent.state_dir / "device.json").read_text())["device_token"]
+    r = httpx.post(
+        f"{server.url}/device/v1/repository/key",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert r.status_code == 200, r.text
+    return base64.b64decode(r.json()["dek"])
+
+
+def small_pack_repository(server: ServerProcess, agent: Agent, store: Store) -> bytes:
+    """Create the user's repository with small chunks and packs (a few MB make many packs),
+    before the server would create one with the production sizes; returns the DEK."""
+    dek = repository_key(server, agent)
+    Repository.init(store, dek, chunker=SMALL_CHUNKS, pack_target=SMALL_PACKS)
+    return dek
+
+
+def random_tree(root: Path, files: int, size: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    (root / "Documents").mkdir(parents=True, exist_ok=True)
+    for i in range(files):
+        (root / "Documents" / f"file-{i:03d}.bin").write_bytes(rng.randbytes(size))
+    (root / "Documents" / "notes.txt").write_text("meeting notes\n" * 5000)
+    return root
+
+
+def restart(server: ServerProcess) -> None:
+    """Start ``fleetkeep serve`` again on the same port, database and data directory."""
+    with server.log_path.open("ab") as log:
+        server.process = subprocess.Popen(
+            [str(BIN / "fleetkeep"), "serve"], env=server.env, stdout=log, stderr=subprocess.STDOUT
+        )
+    wait_ready(server)
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import signal
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.backup.trees import describe
 from tests.support.servers import ServerProcess
-from tests.vault.agents import new_agent, setup_org
+from tests.vault.agents import new_agent, random_tree, setup_org, wait_for
 
 
 def make_tree(root: Path) -> None:
@@ -51,3 +55,73 @@ def test_backup_restores_byte_identical_and_an_unchanged_rebackup_uploads_nothin
     assert [s["snapshot_id"] for s in catalogue] == [s["snapshot_id"] for s in listed]
     sessions = org.admin.get("/api/v1/backup-sessions").json()["items"]
     assert [s["state"] for s in sessions] == ["committed", "committed"]
+
+
+def test_over_quota_the_agent_fails_clearly_an_alert_is_raised_and_no_snapshot_exists(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    org = setup_org(server, f"file://{tmp_path / 'blobs'}")
+    org.user("ann@example.com", quota={"value": 1, "unit": "MB"})
+    ann = new_agent(tmp_path, server, org, "ann@example.com", "ANN-PC")
+    random_tree(ann.home, files=2, size=1_000_000, seed=1)
+    failed = ann.run("backup", "--quiet")
+    assert failed.returncode == 3, failed.stderr
+    assert "[quota_exceeded]" in failed.stderr
+    assert "ann@example.com has used" in failed.stderr
+    alerts = org.admin.get("/api/v1/alerts", params={"type": "quota_exceeded"}).json()["items"]
+    assert [a["subject"] for a in alerts] == [f"user:{alerts[0]['details']['user_id']}"]
+    assert org.admin.get("/api/v1/snapshots").json()["items"] == []
+    assert json.loads(ann.ok("snapshots", "--json")) == []
+    [session] = org.admin.get("/api/v1/backup-sessions").json()["items"]
+    assert (session["state"], session["error_code"]) == ("failed", "quota_exceeded")
+
+
+def test_the_daemon_backs_up_on_its_interval_reports_progress_and_restores_a_point_in_time(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    org = setup_org(
+        server,
+        f"file://{tmp_path / 'blobs'}",
+        policy={"folders": ["~/Documents", "~/Missing"], "exclude": ["*.log"]},
+    )
+    org.user("ann@example.com")
+    ann = new_agent(tmp_path, server, org, "ann@example.com", "ANN-PC")
+    make_tree(ann.home)
+    (ann.home / "Documents" / "debug.log").write_text("noise")
+    (ann.home / "Music").mkdir()
+    (ann.home / "Music" / "song.mp3").write_bytes(b"not in the policy")
+    notes = ann.home / "Documents" / "report.txt"
+    daemon = ann.popen("run", "--interval", "0.5", "--backup-interval", "1")
+
+    def snapshots() -> list[dict[str, object]]:
+        items: list[dict[str, object]] = org.admin.get("/api/v1/snapshots").json()["items"]
+        return items
+
+    try:
+        wait_for(lambda: len(snapshots()) >= 1, "the first scheduled backup")
+        first_done = time.time()
+        notes.write_text("revised numbers\n")
+        wait_for(lambda: len(snapshots()) >= 3, "two more scheduled backups")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(60) == 0, daemon.communicate()
+    listed = snapshots()
+    assert listed[-1]["paths"] == [str(ann.home / "Documents")]
+    sessions = org.admin.get("/api/v1/backup-sessions").json()["items"]
+    assert all("files" in s["progress"] for s in sessions if s["state"] == "committed")
+    # Counted from the previous finish: never two backups within the interval.
+    times = sorted(datetime.fromisoformat(str(s["committed_at"])) for s in listed)
+    assert all((b - a).total_seconds() >= 1 for a, b in itertools.pairwise(times))
+
+    out = tmp_path / "then"
+    at = datetime.fromtimestamp(first_done, UTC).isoformat()
+    ann.ok("restore", "--target", str(out), "--at", at, "--path", str(notes))
+    restored = out / notes.relative_to("/")
+    assert restored.read_text() == "quarterly numbers\n" * 3000
+    assert sorted(p.name for p in restored.parent.iterdir()) == ["report.txt"]
+    everything = tmp_path / "now"
+    ann.ok("restore", "--target", str(everything))
+    docs = everything / (ann.home / "Documents").relative_to("/")
+    assert (docs / "report.txt").read_text() == "revised numbers\n"
+    assert not (docs / "debug.log").exists()
+    assert not (everything / (ann.home / "Music").relative_to("/")).exists()
