@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
@@ -10,7 +12,7 @@ from sqlalchemy import Engine, text
 from fleetkeep.directories.credentials import KEY_FILE
 from fleetkeep.settings import Settings
 from tests.support.servers import free_port
-from tests.support.slapd import AD_BASE, SYNC_PASSWORD, Slapd
+from tests.support.slapd import AD_BASE, SYNC_PASSWORD, Slapd, make_test_ca
 
 
 def setup_places(api: TestClient) -> tuple[int, int]:
@@ -74,10 +76,55 @@ def test_connection_test_reports_every_step(api: TestClient, slapd: Slapd) -> No
     assert [s["name"] for s in report["steps"]] == ["dns", "tcp", "bind", "base_dn"]
 
 
-def test_wrong_bind_password_is_named_by_the_test_and_fails_the_sync(
+def refused(api: TestClient, slapd: Slapd, base: str, **overrides: Any) -> dict[str, Any]:
+    """Register, expecting a 422; checks that nothing was saved."""
+    settings = {"hosts": [f"127.0.0.1:{slapd.port}"], "bind_dn": slapd.sync_dn(AD_BASE)}
+    settings.update(overrides.pop("settings", {}))
+    body = {
+        "name": "refused",
+        "kind": "ad",
+        "settings": {"base_dn": base, **settings},
+        "bind_password": SYNC_PASSWORD,
+        **overrides,
+    }
+    before = api.get("/api/v1/directories").json()
+    response = api.post("/api/v1/directories", json=body)
+    assert response.status_code == 422, response.text
+    assert api.get("/api/v1/directories").json() == before
+    return dict(response.json())
+
+
+def service_account(slapd: Slapd, ou: str, password: str) -> str:
+    dn = f"cn=svc,{ou}"
+    slapd.add(
+        dn, {"objectClass": ["person"], "cn": ["svc"], "sn": ["svc"], "userPassword": [password]}
+    )
+    return dn
+
+
+def test_a_wrong_bind_password_is_refused_at_registration_naming_the_field(
     api: TestClient, slapd: Slapd
 ) -> None:
-    directory = register(api, slapd, slapd.new_ou(), bind_password="wrong")
+    problem = refused(api, slapd, slapd.new_ou(), bind_password="wrong")
+    assert (problem["field"], problem["code"], problem["step"]) == (
+        "bind_password",
+        "directory_refused",
+        "bind",
+    )
+    assert "invalid credentials" in problem["detail"]
+    problem = refused(api, slapd, slapd.new_ou(), settings={"bind_dn": "cn=nobody"})
+    assert problem["field"] == "bind_password"
+
+
+def test_a_rotated_service_password_is_named_by_the_test_and_fails_the_sync(
+    api: TestClient, slapd: Slapd
+) -> None:
+    ou = slapd.new_ou()
+    account = service_account(slapd, ou, "first-password")
+    directory = register(
+        api, slapd, ou, bind_password="first-password", settings={"bind_dn": account}
+    )
+    slapd.modify(account, {"userPassword": ["rotated-password"]})
     report = api.post(f"/api/v1/directories/{directory['id']}/test").json()
     assert report["ok"] is False
     assert report["failed_step"] == "bind"
@@ -88,27 +135,53 @@ def test_wrong_bind_password_is_named_by_the_test_and_fails_the_sync(
     alerts = api.get("/api/v1/alerts").json()
     items = alerts["items"] if isinstance(alerts, dict) else alerts
     assert any(a["type"] == "directory.sync_failed" for a in items)
+    patched = api.patch(
+        f"/api/v1/directories/{directory['id']}", json={"bind_password": "still-wrong"}
+    )
+    assert (patched.status_code, patched.json()["field"]) == (422, "bind_password")
+    patched = api.patch(
+        f"/api/v1/directories/{directory['id']}", json={"bind_password": "rotated-password"}
+    )
+    assert patched.status_code == 200, patched.text
+    assert api.post(f"/api/v1/directories/{directory['id']}/test").json()["ok"] is True
 
 
-def test_unreachable_hosts_fail_over_and_missing_base_dn_is_named(
+def test_unreachable_hosts_fail_over_and_a_missing_base_dn_is_named(
     api: TestClient, slapd: Slapd
 ) -> None:
     closed = free_port()
+    ou = slapd.new_ou()
     directory = register(
         api,
         slapd,
-        slapd.new_ou(),
+        ou,
         settings={
             "hosts": ["no-such-host.invalid", f"127.0.0.1:{closed}", f"127.0.0.1:{slapd.port}"]
         },
     )
     report = api.post(f"/api/v1/directories/{directory['id']}/test").json()
-    assert report["ok"] is True
+    assert (report["ok"], report["failed_step"]) == (True, None)
     failed = [(s["name"], s["ok"]) for s in report["steps"] if not s["ok"]]
     assert failed == [("dns", False), ("tcp", False)]
-    missing = register(api, slapd, f"ou=nowhere,{AD_BASE}")
-    report = api.post(f"/api/v1/directories/{missing['id']}/test").json()
+    assert [s["name"] for s in report["steps"] if s["ok"]] == [
+        "dns",
+        "dns",
+        "tcp",
+        "bind",
+        "base_dn",
+    ]
+    problem = refused(api, slapd, f"ou=nowhere,{AD_BASE}")
+    assert (problem["field"], problem["step"]) == ("settings.base_dn", "base_dn")
+    # A base DN that disappears after registration is what the test then reports.
+    slapd.delete(ou)
+    report = api.post(f"/api/v1/directories/{directory['id']}/test").json()
     assert (report["failed_step"], report["field"]) == ("base_dn", "settings.base_dn")
+    # No host answering at all is no refusal: the directory may be reachable later.
+    offline = register(
+        api, slapd, AD_BASE, name="offline", settings={"hosts": [f"127.0.0.1:{closed}"]}
+    )
+    report = api.post(f"/api/v1/directories/{offline['id']}/test").json()
+    assert (report["failed_step"], report["field"]) == ("tcp", None)
 
 
 def test_ldaps_and_starttls_with_the_test_ca(api: TestClient, slapd: Slapd) -> None:
@@ -130,16 +203,98 @@ def test_ldaps_and_starttls_with_the_test_ca(api: TestClient, slapd: Slapd) -> N
     starttls = register(
         api, slapd, ou, name="starttls", settings={"security": "starttls", "ca_cert": slapd.ca_pem}
     )
-    assert api.post(f"/api/v1/directories/{starttls['id']}/test").json()["ok"] is True
-    untrusted = register(
+    report = api.post(f"/api/v1/directories/{starttls['id']}/test").json()
+    assert report["ok"] is True
+    assert [s["name"] for s in report["steps"]] == ["dns", "tcp", "tls", "bind", "base_dn"]
+    for security, port in (("ldaps", slapd.ldaps_port), ("starttls", slapd.port)):
+        problem = refused(
+            api,
+            slapd,
+            ou,
+            settings={"hosts": [f"127.0.0.1:{port}"], "security": security},
+        )
+        assert (problem["field"], problem["step"]) == ("settings.ca_cert", "tls"), security
+    other_ca = make_test_ca(Path(tempfile.mkdtemp()))[0].read_text()
+    problem = refused(
         api,
         slapd,
         ou,
-        name="untrusted",
-        settings={"hosts": [f"127.0.0.1:{slapd.ldaps_port}"], "security": "ldaps"},
+        settings={
+            "hosts": [f"127.0.0.1:{slapd.ldaps_port}"],
+            "security": "ldaps",
+            "ca_cert": other_ca,
+        },
     )
-    report = api.post(f"/api/v1/directories/{untrusted['id']}/test").json()
-    assert (report["failed_step"], report["field"]) == ("tls", "settings.ca_cert")
+    assert problem["field"] == "settings.ca_cert"
+    assert "certificate verify failed" in problem["detail"]
+
+
+def test_unknown_attributes_are_refused_naming_the_field_and_change_nothing(
+    api: TestClient, slapd: Slapd
+) -> None:
+    ou = slapd.new_ou()
+    problem = refused(api, slapd, ou, settings={"attributes": {"emial": "mail"}})
+    assert problem["field"] == "settings.attributes.emial"
+    problem = refused(api, slapd, ou, settings={"attributes": {"email": "mial"}})
+    assert (problem["field"], problem["code"]) == ("settings.attributes.email", "unknown_attribute")
+    problem = refused(api, slapd, ou, settings={"disabled_filter": "(accountDisabled=TRUE)"})
+    assert problem["field"] == "settings.disabled_filter"
+    directory = register(api, slapd, ou, settings={"attributes": {"display_name": "cn"}})
+    profile, region = setup_places(api)
+    url = f"/api/v1/directories/{directory['id']}/mappings"
+    for rule, field in [
+        (
+            {
+                "type": "attribute",
+                "conditions": [
+                    {"attribute": "department", "op": "equals", "value": "Sales"},
+                    {"attribute": "departmnt", "op": "equals", "value": "Sales"},
+                ],
+            },
+            "rule.conditions[1].attribute",
+        ),
+        ({"type": "filter", "filter": "(&(company=ACME)(costCenter=7))"}, "rule.filter"),
+    ]:
+        r = api.post(url, json={"rule": rule, "profile_id": profile, "storage_region_id": region})
+        assert r.status_code == 422, rule
+        assert (r.json()["field"], r.json()["code"]) == (field, "unknown_attribute")
+    assert api.get(url).json() == []
+    ok = api.post(
+        url,
+        json={
+            "rule": {"type": "filter", "filter": "(&(company=ACME)(memberOf=cn=x,dc=y))"},
+            "profile_id": profile,
+            "storage_region_id": region,
+        },
+    )
+    assert ok.status_code == 201, ok.text
+
+
+def test_mappings_take_creation_order_and_can_be_reordered(api: TestClient, slapd: Slapd) -> None:
+    directory = register(api, slapd, slapd.new_ou())
+    profile, region = setup_places(api)
+    url = f"/api/v1/directories/{directory['id']}/mappings"
+    ids = []
+    for group in ("a", "b", "c"):
+        r = api.post(
+            url,
+            json={
+                "rule": {"type": "group", "group": group},
+                "profile_id": profile,
+                "storage_region_id": region,
+            },
+        )
+        assert r.status_code == 201, r.text
+        ids.append(r.json()["id"])
+    assert [(m["id"], m["priority"]) for m in api.get(url).json()] == list(
+        zip(ids, [1, 2, 3], strict=True)
+    )
+    r = api.put(f"{url}/order", json={"mapping_ids": [ids[2], ids[0], ids[1]]})
+    assert r.status_code == 200, r.text
+    assert [m["id"] for m in api.get(url).json()] == [ids[2], ids[0], ids[1]]
+    r = api.put(f"{url}/order", json={"mapping_ids": [ids[2], ids[0]]})
+    assert (r.status_code, r.json()["field"]) == (422, "mapping_ids")
+    assert [m["id"] for m in api.get(url).json()] == [ids[2], ids[0], ids[1]]
 
 
 def test_malformed_filters_are_refused_naming_the_field_and_change_nothing(

@@ -97,10 +97,8 @@ def test_add_test_map_dry_run_sync_and_history_from_the_command_line(
     assert "dry-run" in history
 
 
-def test_a_wrong_password_makes_test_exit_non_zero_and_name_the_field(
-    slapd: Slapd, cli: Cli
-) -> None:
-    cli(
+def test_a_wrong_password_is_refused_by_add_naming_the_field(slapd: Slapd, cli: Cli) -> None:
+    result = cli(
         [
             "directories",
             "add",
@@ -114,7 +112,39 @@ def test_a_wrong_password_makes_test_exit_non_zero_and_name_the_field(
             "--password-stdin",
         ],
         stdin="not-the-password\n",
+        check=False,
     )
-    result = cli(["directories", "test", "corp"], check=False)
-    assert result.exit_code == 1
-    assert "check bind_password" in result.output
+    assert result.exit_code != 0
+    assert "bind_password" in result.output
+    assert "invalid credentials" in result.output
+    assert "corp" not in cli(["directories", "list"]).output
+
+
+def test_mappings_are_listed_in_priority_order_and_reordered(slapd: Slapd, cli: Cli) -> None:
+    ou = slapd.new_ou()
+    cli(["profiles", "add", "Staff"])
+    cli(["regions", "add", "local", "--store-url", "file:///srv/fk"])
+    cli(
+        [
+            "directories", "add", "corp", "--base-dn", ou, "--host", f"127.0.0.1:{slapd.port}",
+            "--bind-dn", slapd.sync_dn(AD_BASE), "--password-stdin",
+        ],
+        stdin=SYNC_PASSWORD + "\n",
+    )  # fmt: skip
+    for group in ("first", "second"):
+        added = cli(
+            [
+                "directories", "mappings", "add", "corp", "--rule",
+                json.dumps({"type": "group", "group": group}), "--profile", "Staff",
+                "--region", "local",
+            ]
+        ).output  # fmt: skip
+        assert f"priority {1 if group == 'first' else 2}" in added
+    listed = cli(["directories", "mappings", "list", "corp"]).output
+    assert listed.index('"first"') < listed.index('"second"')
+    ids = [int(line.split()[1]) for line in listed.splitlines() if "group" in line]
+    reordered = cli(["directories", "mappings", "order", "corp", str(ids[1]), str(ids[0])]).output
+    assert reordered.index('"second"') < reordered.index('"first"')
+    bad = cli(["directories", "mappings", "order", "corp", str(ids[1])], check=False)
+    assert bad.exit_code != 0
+    assert "exactly once: [1, 2]" in bad.output

@@ -14,6 +14,7 @@ from fleetkeep.directories.schemas import (
     DirectoryOut,
     DirectoryUpdate,
     MappingCreate,
+    MappingOrder,
     MappingOut,
     MappingUpdate,
     StepOut,
@@ -153,10 +154,26 @@ def list_mappings(directory_id: int, session: DbSession) -> list[MappingOut]:
 
 @router.post("/{directory_id}/mappings", status_code=status.HTTP_201_CREATED)
 def create_mapping(
-    directory_id: int, body: MappingCreate, session: DbSession, actor: CurrentActor
+    directory_id: int,
+    body: MappingCreate,
+    session: DbSession,
+    actor: CurrentActor,
+    settings: AppSettings,
 ) -> MappingOut:
     fields: dict[str, Any] = body.model_dump()
-    return MappingOut.model_validate(service.create_mapping(session, actor, directory_id, **fields))
+    mapping = service.create_mapping(
+        session, actor, directory_id, data_dir=settings.data_dir, **fields
+    )
+    return MappingOut.model_validate(mapping)
+
+
+@router.put("/{directory_id}/mappings/order")
+def reorder_mappings(
+    directory_id: int, body: MappingOrder, session: DbSession, actor: CurrentActor
+) -> list[MappingOut]:
+    """Set the priorities: the first listed mapping wins over the others."""
+    mappings = service.reorder_mappings(session, actor, directory_id, body.mapping_ids)
+    return [MappingOut.model_validate(m) for m in mappings]
 
 
 @router.patch("/{directory_id}/mappings/{mapping_id}")
@@ -166,9 +183,12 @@ def update_mapping(
     body: MappingUpdate,
     session: DbSession,
     actor: CurrentActor,
+    settings: AppSettings,
 ) -> MappingOut:
     fields = body.model_dump(exclude_unset=True)
-    mapping = service.update_mapping(session, actor, directory_id, mapping_id, **fields)
+    mapping = service.update_mapping(
+        session, actor, directory_id, mapping_id, data_dir=settings.data_dir, **fields
+    )
     return MappingOut.model_validate(mapping)
 
 

@@ -273,7 +273,9 @@ def add_mapping(
     rule: Annotated[str, typer.Option(help='JSON, e.g. {"type": "group", "group": "Sales"}')],
     profile: Annotated[str, typer.Option(help="profile name or id")],
     region: Annotated[str, typer.Option(help="storage region name or id")],
-    priority: Annotated[int, typer.Option(help="lower wins")] = 100,
+    priority: Annotated[
+        int | None, typer.Option(help="lower wins; default: after the existing mappings")
+    ] = None,
     purpose: Annotated[MappingPurpose, typer.Option()] = MappingPurpose.IMPORT,
     quota: Annotated[str | None, typer.Option(help="e.g. 50GB; default: the profile's")] = None,
     auto_import: Annotated[bool, typer.Option(help="create matching users")] = True,
@@ -296,8 +298,25 @@ def add_mapping(
         }
         if quota is not None:
             fields["quota_value"], fields["quota_unit"] = parse_quota(quota)
-        mapping = service.create_mapping(session, actor(), directory.id, **fields)
-        console.print(f"mapping {mapping.id} added to {directory.name!r}")
+        mapping = service.create_mapping(
+            session, actor(), directory.id, data_dir=settings().data_dir, **fields
+        )
+        console.print(
+            f"mapping {mapping.id} added to {directory.name!r} (priority {mapping.priority})"
+        )
+
+
+@mappings_app.command("order")
+@handles_errors
+def order_mappings(
+    name: str,
+    mapping_ids: Annotated[list[int], typer.Argument(help="every mapping id, first wins")],
+) -> None:
+    """Reorder the mappings: the first id listed gets priority 1."""
+    with db() as session:
+        directory = service.find_directory(session, name)
+        service.reorder_mappings(session, actor(), directory.id, mapping_ids)
+    list_mappings(name)
 
 
 @mappings_app.command("remove")

@@ -22,7 +22,7 @@ import ssl
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,7 @@ _SETTING_KEYS = {
     "timeout_seconds",
 }
 _RANGE = re.compile(r"^(?P<name>[^;]+);range=(?P<low>\d+)-(?P<high>\d+|\*)$", re.IGNORECASE)
+_ATTRIBUTE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]*|[0-9]+(?:\.[0-9]+)+")
 _HOST = re.compile(r"^[A-Za-z0-9.\-_]+(?::\d{1,5})?$|^\[[0-9a-fA-F:]+\](?::\d{1,5})?$")
 
 
@@ -132,7 +133,7 @@ def normalize_settings(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
         first = sorted(unknown)[0]
         raise InvalidInput(f"unknown setting {first!r}", field=f"settings.{first}")
     data = {**defaults, **{k: v for k, v in raw.items() if v is not None}}
-    data["attributes"] = {**defaults["attributes"], **(raw.get("attributes") or {})}
+    data["attributes"] = {**defaults["attributes"], **_checked_attribute_map(raw)}
     hosts = data.get("hosts")
     if isinstance(hosts, str):
         hosts = [h.strip() for h in hosts.split(",") if h.strip()]
@@ -186,6 +187,40 @@ def normalize_settings(kind: str, raw: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _checked_attribute_map(raw: dict[str, Any]) -> dict[str, Any]:
+    given = raw.get("attributes") or {}
+    if not isinstance(given, dict):
+        raise InvalidInput("attributes must be an object", field="settings.attributes")
+    for key, value in given.items():
+        where = f"settings.attributes.{key}"
+        if key not in LDAP_DEFAULTS["attributes"]:
+            known = ", ".join(LDAP_DEFAULTS["attributes"])
+            raise InvalidInput(f"unknown attribute role {key!r} (known: {known})", field=where)
+        names = value if key == "group_members" else [value]
+        if not isinstance(names, list) or not all(
+            isinstance(n, str) and (not n or _ATTRIBUTE_NAME.fullmatch(n)) for n in names
+        ):
+            raise InvalidInput(f"{key} must name an attribute", field=where)
+    return dict(given)
+
+
+def explicit_attributes(settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, attribute) for every attribute the admin named in these settings: the attribute
+    map entries they set and the attributes their own filters read (not the kind's defaults,
+    which a directory may lack without harm, e.g. ``memberUid`` without the nis schema)."""
+    found: list[tuple[str, str]] = []
+    for key, value in (settings.get("attributes") or {}).items():
+        for name in value if isinstance(value, list) else [value]:
+            if name:
+                found.append((f"settings.attributes.{key}", name))
+    for key in ("user_filter", "group_filter", "disabled_filter"):
+        if settings.get(key):
+            with contextlib.suppress(FilterError):
+                for name in sorted(filter_attributes(parse_filter(settings[key]))):
+                    found.append((f"settings.{key}", name))
+    return found
+
+
 def _looks_like_dn(value: str) -> bool:
     try:
         return bool(ldap.dn.str2dn(value))
@@ -234,7 +269,9 @@ class ConnectionReport:
 
     @property
     def failure(self) -> Step | None:
-        return next((s for s in self.steps if not s.ok), None)
+        """The step that stopped the connection (the last failure: earlier ones were hosts
+        failed over from); None when a host was reached."""
+        return None if self.ok else next((s for s in reversed(self.steps) if not s.ok), None)
 
 
 def _split_host(host: str, default_port: int) -> tuple[str, int]:
@@ -418,6 +455,77 @@ def diagnose(config: LdapConfig, password: str) -> ConnectionReport:
     with contextlib.suppress(ldap.LDAPError):
         conn.unbind_s()
     return ConnectionReport(True, steps)
+
+
+# What a server refused, and the field an admin fixes for it.
+_REFUSALS = {"tls": "settings.ca_cert", "bind": "bind_password", "base_dn": "settings.base_dn"}
+# Attributes rules may read that the sync supplies itself, whatever the schema says.
+_SYNTHETIC_ATTRIBUTES = frozenset({"memberof", "distinguishedname", "entrydn", "dn"})
+
+
+def verify(config: LdapConfig, password: str, attributes: Iterable[tuple[str, str]] = ()) -> None:
+    """Raise InvalidInput naming the field when the directory refuses these settings.
+
+    Refusals are a certificate that does not verify, a rejected bind (password or DN), a
+    base DN that does not exist, and any of ``attributes`` ((field, name) pairs) that the
+    server's schema does not define. Hosts that do not answer at all are not a refusal: the
+    directory may be reachable later, and ``diagnose`` says why it is not now.
+    """
+    steps: list[Step] = []
+    try:
+        conn = connect(config, password, steps)
+    except FetchFailed:
+        refused = next((s for s in steps if not s.ok and s.name in _REFUSALS), None)
+        if refused is None:
+            return
+        where = refused.field or _REFUSALS[refused.name]
+        raise InvalidInput(
+            f"{refused.host}: {refused.detail} (check {where})",
+            code="directory_refused",
+            field=where,
+            step=refused.name,
+        ) from None
+    try:
+        wanted = [(f, n) for f, n in attributes if n.lower() not in _SYNTHETIC_ATTRIBUTES]
+        known = schema_attributes(conn, config.base_dn) if wanted else None
+    finally:
+        with contextlib.suppress(ldap.LDAPError):
+            conn.unbind_s()
+    for where, name in wanted:
+        if known is not None and name.lower() not in known:
+            raise InvalidInput(
+                f"the directory's schema has no attribute {name!r} (check {where})",
+                code="unknown_attribute",
+                field=where,
+            )
+
+
+def schema_attributes(conn: Any, base_dn: str) -> set[str] | None:
+    """Every attribute name and OID the server's schema defines (lower case); None when the
+    server does not publish its schema to this account."""
+    try:
+        subschema = conn.search_subschemasubentry_s(base_dn)
+        if not subschema:
+            return None
+        entry = conn.read_subschemasubentry_s(subschema, attrs=["attributeTypes"]) or {}
+    except ldap.LDAPError:
+        return None
+    values: list[bytes] = next((v for k, v in entry.items() if k.lower() == "attributetypes"), [])
+    names: set[str] = set()
+    for raw in values:
+        text = raw.decode("utf-8", "replace")
+        found = _SCHEMA_NAME.search(text)
+        if found:
+            listed = found.group(1) or found.group(2)
+            names.update(n.lower() for n in re.findall(r"'([^']+)'", listed))
+        oid = _SCHEMA_OID.match(text)
+        if oid:
+            names.add(oid.group(1))
+    return names or None
+
+
+_SCHEMA_OID = re.compile(r"\(\s*([0-9.]+)")
+_SCHEMA_NAME = re.compile(r"\bNAME\s+(?:('[^']+')|\(([^)]*)\))", re.IGNORECASE)
 
 
 # Fetching -----------------------------------------------------------------------------------

@@ -487,6 +487,17 @@ class Rule:
             return filter_attributes(self.filter)
         return set()
 
+    def named_attributes(self, field_name: str = "rule") -> list[tuple[str, str]]:
+        """(field, attribute) for each attribute the rule names, to check against a schema."""
+        if self.type == "attribute":
+            return [
+                (f"{field_name}.conditions[{i}].attribute", str(c["attribute"]))
+                for i, c in enumerate(self.spec["conditions"])
+            ]
+        if self.filter is not None:
+            return [(f"{field_name}.filter", a) for a in sorted(filter_attributes(self.filter))]
+        return []
+
     @property
     def needs_nested_groups(self) -> bool:
         if self.type == "group":

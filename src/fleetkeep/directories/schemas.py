@@ -71,7 +71,13 @@ class MappingCreate(Input):
     quota_value: int | None = Field(default=None, ge=0, le=10**9)
     quota_unit: QuotaUnit | None = None
     auto_import: bool = True
-    priority: int = Field(default=100, ge=0, le=1_000_000)
+    priority: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="lower wins; default: after the others"
+    )
+
+
+class MappingOrder(Input):
+    mapping_ids: list[int] = Field(description="every mapping of the directory, first wins")
 
 
 class MappingUpdate(Input):

@@ -76,8 +76,11 @@ def create_directory(
     _only(fields, _DIRECTORY_FIELDS - {"name"})
     kind = DirectoryKind(kind)
     _unique_name(session, name)
-    fields["settings"] = _checked_settings(kind, fields.get("settings") or {})
+    given = fields.get("settings") or {}
+    fields["settings"] = _checked_settings(kind, given)
     _check_numbers(fields)
+    if kind in LDAP_KINDS:
+        _verify(kind, fields["settings"], secret or "", given)
     directory = Directory(name=name, kind=kind, **fields)
     if secret:
         directory.secret = seal(data_dir, secret)
@@ -108,10 +111,14 @@ def update_directory(
     before = directory_view(directory)
     if "name" in fields and fields["name"] != directory.name:
         _unique_name(session, fields["name"])
+    given = fields.get("settings") or {}
     if "settings" in fields:
-        merged = {**directory.settings, **(fields["settings"] or {})}
+        merged = {**directory.settings, **given}
         fields["settings"] = _checked_settings(directory.kind, merged)
     _check_numbers(fields)
+    if directory.kind in LDAP_KINDS and (given or secret is not None):
+        password = secret if secret is not None else _password(data_dir, directory)
+        _verify(directory.kind, fields.get("settings", directory.settings), password, given)
     for key, value in fields.items():
         setattr(directory, key, value)
     if secret is not None:
@@ -190,6 +197,14 @@ def _checked_settings(kind: DirectoryKind, settings: dict[str, Any]) -> dict[str
     return settings
 
 
+def _verify(
+    kind: DirectoryKind, settings: dict[str, Any], password: str, given: dict[str, Any]
+) -> None:
+    """Nothing is saved that the directory itself refuses (see ``ldap.verify``)."""
+    config = ldap_source.config_from_settings(kind.value, settings)
+    ldap_source.verify(config, password, ldap_source.explicit_attributes(given))
+
+
 def _check_numbers(fields: dict[str, Any]) -> None:
     interval = fields.get("sync_interval_hours")
     if interval is not None and not 0 < interval <= 24 * 365:
@@ -220,10 +235,29 @@ def _only(fields: dict[str, Any], allowed: set[str]) -> None:
 # Mappings -----------------------------------------------------------------------------------
 
 
-def create_mapping(session: Session, actor: Actor, directory_id: int, **fields: Any) -> Mapping:
+def create_mapping(
+    session: Session,
+    actor: Actor,
+    directory_id: int,
+    *,
+    data_dir: Path | None = None,
+    **fields: Any,
+) -> Mapping:
+    """Add a mapping; without an explicit priority it comes after the existing ones.
+
+    With ``data_dir`` (the API and CLI pass it) the attributes an AD/LDAP rule names are
+    checked against the directory's schema when the directory answers.
+    """
     _only(fields, _MAPPING_FIELDS)
-    get_directory(session, directory_id)
+    directory = get_directory(session, directory_id)
     _check_mapping(session, fields)
+    if data_dir is not None:
+        _check_rule_attributes(directory, data_dir, fields)
+    if fields.get("priority") is None:
+        last = session.scalar(
+            select(func.max(Mapping.priority)).where(Mapping.directory_id == directory_id)
+        )
+        fields["priority"] = 1 if last is None else last + 1
     mapping = Mapping(directory_id=directory_id, **fields)
     session.add(mapping)
     session.flush()
@@ -239,12 +273,22 @@ def create_mapping(session: Session, actor: Actor, directory_id: int, **fields: 
 
 
 def update_mapping(
-    session: Session, actor: Actor, directory_id: int, mapping_id: int, **fields: Any
+    session: Session,
+    actor: Actor,
+    directory_id: int,
+    mapping_id: int,
+    *,
+    data_dir: Path | None = None,
+    **fields: Any,
 ) -> Mapping:
     _only(fields, _MAPPING_FIELDS)
     mapping = get_mapping(session, directory_id, mapping_id)
     before = mapping_view(mapping)
     _check_mapping(session, fields)
+    if fields.get("priority", 0) is None:
+        del fields["priority"]
+    if data_dir is not None:
+        _check_rule_attributes(get_directory(session, directory_id), data_dir, fields)
     for key, value in fields.items():
         setattr(mapping, key, value)
     session.flush()
@@ -258,6 +302,33 @@ def update_mapping(
         after=mapping_view(mapping),
     )
     return mapping
+
+
+def reorder_mappings(
+    session: Session, actor: Actor, directory_id: int, mapping_ids: list[int]
+) -> list[Mapping]:
+    """Give the directory's mappings priorities 1, 2, … in the order of ``mapping_ids``,
+    which must list each of its mappings exactly once."""
+    current = {m.id: m for m in list_mappings(session, directory_id)}
+    if sorted(mapping_ids) != sorted(current):
+        raise InvalidInput(
+            f"list each of the directory's mappings exactly once: {sorted(current)}",
+            field="mapping_ids",
+        )
+    before = {m.id: m.priority for m in current.values()}
+    for priority, mapping_id in enumerate(mapping_ids, start=1):
+        current[mapping_id].priority = priority
+    session.flush()
+    record(
+        session,
+        actor,
+        "mapping.reorder",
+        "directory",
+        directory_id,
+        before={"priorities": before},
+        after={"priorities": {m: p for p, m in enumerate(mapping_ids, start=1)}},
+    )
+    return [current[m] for m in mapping_ids]
 
 
 def delete_mapping(session: Session, actor: Actor, directory_id: int, mapping_id: int) -> None:
@@ -318,6 +389,21 @@ def _check_mapping(session: Session, fields: dict[str, Any]) -> None:
         get_region(session, fields["storage_region_id"])
     if fields.get("quota_value") is not None:
         fields["quota_unit"] = QuotaUnit(fields.get("quota_unit") or QuotaUnit.GB)
+
+
+def _check_rule_attributes(directory: Directory, data_dir: Path, fields: dict[str, Any]) -> None:
+    if directory.kind not in LDAP_KINDS or "rule" not in fields:
+        return
+    named = parse_rule(fields["rule"]).named_attributes()
+    if not named:
+        return
+    try:
+        ldap_source.verify(ldap_config(directory), _password(data_dir, directory), named)
+    except InvalidInput as exc:
+        # A directory that refuses the connection itself is the directory's problem (its
+        # test says so), not the mapping's: the rule is saved unchecked.
+        if exc.code != "directory_refused":
+            raise
 
 
 # Testing and syncing ------------------------------------------------------------------------
