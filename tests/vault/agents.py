@@ -153,3 +153,14 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> N
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def make_tree(root: Path) -> None:
+    (root / "Documents" / "deep").mkdir(parents=True)
+    (root / "Documents" / "report.txt").write_text("quarterly numbers\n" * 3000)
+    (root / "Documents" / "deep" / "photo.raw").write_bytes(os.urandom(200_000))
+    (root / "Documents" / "empty").write_bytes(b"")
+    (root / "Documents" / "ünïcødé.md").write_text("names are bytes")
+    os.symlink("report.txt", root / "Documents" / "latest")
+    (root / ".cache").mkdir()
+    (root / ".cache" / "junk.bin").write_bytes(os.urandom(50_000))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import time
 from datetime import UTC, datetime
@@ -12,18 +11,7 @@ from pathlib import Path
 
 from tests.backup.trees import describe
 from tests.support.servers import ServerProcess
-from tests.vault.agents import new_agent, random_tree, setup_org, wait_for
-
-
-def make_tree(root: Path) -> None:
-    (root / "Documents" / "deep").mkdir(parents=True)
-    (root / "Documents" / "report.txt").write_text("quarterly numbers\n" * 3000)
-    (root / "Documents" / "deep" / "photo.raw").write_bytes(os.urandom(200_000))
-    (root / "Documents" / "empty").write_bytes(b"")
-    (root / "Documents" / "ünïcødé.md").write_text("names are bytes")
-    os.symlink("report.txt", root / "Documents" / "latest")
-    (root / ".cache").mkdir()
-    (root / ".cache" / "junk.bin").write_bytes(os.urandom(50_000))
+from tests.vault.agents import make_tree, new_agent, random_tree, setup_org, wait_for
 
 
 def test_backup_restores_byte_identical_and_an_unchanged_rebackup_uploads_nothing(
