@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -130,18 +131,21 @@ def test_whole_tenant_import_pages_keeps_upn_and_then_uses_delta(
     assert run.report["counts"]["skip"] == 2  # disabled and the guest without a mail
     assert any("skiptoken" in r for r in double.requests)  # followed @odata.nextLink
 
-    # Second sync: only the delta link is read, and changes are merged.
+    # Second sync: only the changes since the delta link are read (Graph sends a changed user
+    # as its id and the changed properties, paged like any delta), and merged.
     double.requests.clear()
     double.update_user(bob, displayName="Robert", department="Sales")
     double.delete_user(ann)
+    double.add_user("dee@contoso.com")
     run = sync(factory, tmp_path, did)
     assert run.status is SyncStatus.SUCCEEDED, run.error
-    assert [r for r in double.requests if "delta" in r] == [
-        r for r in double.requests if "deltatoken" in r
-    ]
-    assert len(double.requests) == 1
+    assert "deltatoken" in double.requests[0]
+    assert all("token" in r for r in double.requests)  # never a fresh full pass
+    assert len(double.requests) == 2  # three changes, two per page
     users = owned(factory, did)
+    assert set(users) == {"ann@contoso.com", "bob@contoso.com", "dee@contoso.com"}
     assert users["bob@contoso.com"].display_name == "Robert"
+    assert users["bob@contoso.com"].upn == "bob@contoso.com"  # kept from the first pass
     assert users["bob@contoso.com"].profile_id == org["sales"]
     assert users["ann@contoso.com"].state is UserState.PRESERVED
     assert users["ann@contoso.com"].preserved_by == f"directory:{did}"
@@ -175,7 +179,9 @@ def test_group_import_follows_nested_groups_of_every_kind(
     bob = double.add_user("bob@contoso.com")
     cy = double.add_user("cy@contoso.com")
     double.add_user("outsider@contoso.com")
-    inner = double.add_group("EU Sales", [bob], kind="distribution")
+    dee = double.add_user("dee@contoso.com")
+    innermost = double.add_group("Sales Ops", [dee], kind="security")
+    inner = double.add_group("EU Sales", [bob, innermost], kind="distribution")
     m365 = double.add_group("Sales Team", [ann, inner], kind="microsoft365")
     mail_sec = double.add_group("Finance", [cy], kind="mail-security")
     did = make_directory(
@@ -192,8 +198,9 @@ def test_group_import_follows_nested_groups_of_every_kind(
     run = sync(factory, tmp_path, did)
     assert run.status is SyncStatus.SUCCEEDED, run.error
     users = owned(factory, did)
-    assert set(users) == {"ann@contoso.com", "bob@contoso.com", "cy@contoso.com"}
+    assert set(users) == {"ann@contoso.com", "bob@contoso.com", "cy@contoso.com", "dee@contoso.com"}
     assert users["bob@contoso.com"].profile_id == org["sales"]  # through the nested group
+    assert users["dee@contoso.com"].profile_id == org["sales"]  # two levels down
     assert users["cy@contoso.com"].profile_id == org["staff"]
 
 
@@ -219,6 +226,29 @@ def test_throttling_server_errors_and_revoked_tokens_are_survived(
     assert run.status is SyncStatus.SUCCEEDED, run.error
     assert double.token_requests > tokens_before
     assert "late@contoso.com" in owned(factory, did)
+
+
+def test_retry_after_is_waited_for_and_server_errors_back_off_exponentially(
+    graph: tuple[GraphDouble, Serving],
+    factory: sessionmaker[Session],
+    org: dict[str, int],
+    tmp_path: Path,
+) -> None:
+    double, serving = graph
+    double.add_user("ann@contoso.com")
+    did = make_directory(factory, tmp_path, serving, org)
+    double.fail("/v1.0/users/delta", 429, times=1, retry_after="2")
+    double.fail("/v1.0/users/delta", 503, times=3)
+    run = sync(factory, tmp_path, did)
+    assert run.status is SyncStatus.SUCCEEDED, run.error
+    times = double.request_times
+    assert len(times) == 5
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert gaps[0] >= 1.9  # Retry-After: 2
+    # then 503s without Retry-After: 0.5 s · 2^(attempt-1) for attempts 2, 3, 4
+    assert gaps[1] >= 0.95
+    assert gaps[2] >= 1.9
+    assert gaps[3] >= 3.9
 
 
 def test_persistent_failure_aborts_changes_nothing_and_alerts(

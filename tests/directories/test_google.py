@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +13,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleetkeep.audit.service import SYSTEM
+from fleetkeep.audit.service import SYSTEM, list_events
 from fleetkeep.db import make_sessionmaker, transaction
 from fleetkeep.directories import google
 from fleetkeep.directories import service as directories
-from fleetkeep.directories.models import SyncStatus
+from fleetkeep.directories.models import SyncRun, SyncStatus
 from fleetkeep.errors import InvalidInput
 from fleetkeep.identity import service as identity
 from fleetkeep.identity.models import User, UserState
@@ -249,3 +250,64 @@ def test_api_registers_and_syncs(
     assert [u["email"] for u in owner.get("/api/v1/users").json()["items"]] == ["ann@example.org"]
     history = owner.get(f"/api/v1/directories/{did}/syncs").json()
     assert history["items"][0]["created"] == 1
+
+
+def test_quota_refusals_are_retried_with_back_off_and_retry_after_is_honoured(
+    workspace: tuple[GoogleDouble, Serving, dict[str, Any]],
+    factory: sessionmaker[Session],
+    org: dict[str, int],
+    tmp_path: Path,
+) -> None:
+    double = workspace[0]
+    double.add_user("ann@example.org")
+    did = make_directory(factory, tmp_path, workspace, org)
+    # The Directory API refuses over-quota calls with 403 userRateLimitExceeded (not 429).
+    double.fail("/users", 403, times=2)
+    double.fail("/users", 429, times=1, retry_after="2")
+    run = sync(factory, tmp_path, did)
+    assert run.status is SyncStatus.SUCCEEDED, run.error
+    assert set(owned(factory, did)) == {"ann@example.org"}
+    times = double.request_times
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    assert len(gaps) == 3
+    assert gaps[0] >= 0.45  # back-off 0.5 s
+    assert gaps[1] >= 0.95  # then 1 s
+    assert gaps[2] >= 1.9  # Retry-After: 2
+
+
+def test_dry_run_previews_and_a_mass_suspension_is_held_and_audited(
+    workspace: tuple[GoogleDouble, Serving, dict[str, Any]],
+    factory: sessionmaker[Session],
+    org: dict[str, int],
+    tmp_path: Path,
+) -> None:
+    double = workspace[0]
+    ids = [double.add_user(f"user.{i:02d}@example.org") for i in range(20)]
+    did = make_directory(factory, tmp_path, workspace, org)
+    dry = sync(factory, tmp_path, did, dry_run=True)
+    assert dry.status is SyncStatus.DRY_RUN
+    assert dry.report["counts"]["create"] == 20
+    assert owned(factory, did) == {}
+    assert sync(factory, tmp_path, did).status is SyncStatus.SUCCEEDED
+    for uid in ids[:8]:
+        double.users[uid]["suspended"] = True
+    held = sync(factory, tmp_path, did)
+    assert held.status is SyncStatus.HELD
+    assert "preserve" in (held.held_reason or "")
+    assert all(u.state is UserState.ACTIVE for u in owned(factory, did).values())
+    with transaction(factory) as s:
+        confirmed = directories.confirm_held_sync(s, SYSTEM, did, held.id)
+        assert confirmed.status is SyncStatus.CONFIRMED
+    preserved = [u for u in owned(factory, did).values() if u.state is UserState.PRESERVED]
+    assert len(preserved) == 8
+    with factory() as s:
+        events = list_events(s, action="user.preserve", limit=50)
+        assert {e.target_id for e in events} == {str(u.id) for u in preserved}
+        history = list(
+            s.scalars(select(SyncRun).where(SyncRun.directory_id == did).order_by(SyncRun.id))
+        )
+    assert [r.status for r in history] == [
+        SyncStatus.DRY_RUN,
+        SyncStatus.SUCCEEDED,
+        SyncStatus.CONFIRMED,
+    ]

@@ -8,7 +8,8 @@
   ``pageToken`` → ``nextPageToken``)
 - ``GET /admin/directory/v1/groups/{groupKey}/members`` (``includeDerivedMembership``
   flattens nested groups; ``groupKey`` is the group's email or id)
-- Faults on demand: 429/5xx, revoked tokens (401).
+- Faults on demand: quota refusals (403 ``userRateLimitExceeded``, 429
+  ``rateLimitExceeded``), 5xx ``backendError``, revoked tokens (401 ``authError``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from tests.doubles.graph import Fault
 ADMIN = "admin@example.org"
 CLIENT_EMAIL = "fleetkeep-sync@example-project.iam.gserviceaccount.com"
 USER_SCOPE = "https://www.googleapis.com/auth/admin.directory.user.readonly"
+# The Directory API's quota refusals ("Limits and quotas"): 403 with a reason, or 429.
+FAULT_REASONS = {403: "userRateLimitExceeded", 429: "rateLimitExceeded", 503: "backendError"}
 
 
 def service_account_key(token_uri: str) -> tuple[dict[str, Any], Any]:
@@ -65,6 +68,7 @@ class GoogleDouble:
     token_requests: int = 0
     faults: list[Fault] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
+    request_times: list[float] = field(default_factory=list)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     def add_user(self, email: str, **props: Any) -> str:
@@ -144,14 +148,13 @@ class GoogleDouble:
 
     def _guard(self, request: Request) -> JSONResponse | None:
         self.requests.append(f"{request.url.path}?{request.url.query}")
+        self.request_times.append(time.monotonic())
         for fault in self.faults:
             if fault.path_part in request.url.path and fault.times > 0:
                 fault.times -= 1
                 headers = {"Retry-After": fault.retry_after} if fault.retry_after else None
                 return _error(
-                    fault.status,
-                    "rateLimitExceeded" if fault.status == 429 else "backendError",
-                    headers,
+                    fault.status, FAULT_REASONS.get(fault.status, "backendError"), headers
                 )
         header = request.headers.get("authorization", "")
         if header[7:] not in self.tokens:

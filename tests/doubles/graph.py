@@ -3,9 +3,10 @@
 - ``GET /{tenant}/v2.0/.well-known/openid-configuration`` (what MSAL reads first)
 - ``POST /{tenant}/oauth2/v2.0/token`` client-credentials grant (``invalid_client`` on a bad
   secret, AADSTS text like the real one)
-- ``GET /v1.0/users`` and ``/v1.0/users/delta`` with ``$select``/``$top``, ``@odata.nextLink``
-  (``$skiptoken``) and ``@odata.deltaLink`` (``$deltatoken``); changes since a delta token come
-  back with their properties, removed users as ``{"id", "@removed": {"reason": "deleted"}}``
+- ``GET /v1.0/users`` with ``$select``/``$top`` and ``@odata.nextLink`` (``$skiptoken``)
+- ``GET /v1.0/users/delta``: ``$top`` ignored, page size from ``Prefer: odata.maxpagesize``,
+  opaque ``$skiptoken``/``$deltatoken`` links; changes since a delta token come back as the id
+  and the changed properties only, removed users as ``{"id", "@removed": {"reason": ...}}``
 - ``GET /v1.0/groups/{id}`` and ``/v1.0/groups/{id}/transitiveMembers/microsoft.graph.user``
   (nested groups flattened, users once)
 - Faults on demand: 429 with ``Retry-After``, 5xx, revoked tokens (401
@@ -14,8 +15,11 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
+import json
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -44,12 +48,15 @@ class GraphDouble:
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
     version: int = 0
-    changed: dict[str, int] = field(default_factory=dict)
+    # uid -> version it was created at / property -> version it last changed at
+    created: dict[str, int] = field(default_factory=dict)
+    changed: dict[str, dict[str, int]] = field(default_factory=dict)
     removed: dict[str, int] = field(default_factory=dict)
     tokens: set[str] = field(default_factory=set)
     token_requests: int = 0
     faults: list[Fault] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
+    request_times: list[float] = field(default_factory=list)
     expired_delta_tokens: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -68,19 +75,24 @@ class GraphDouble:
         } | props
         with self.lock:
             self.users[uid] = user
-            self._touch(uid)
+            self.version += 1
+            self.created[uid] = self.version
+            self.changed[uid] = {}
+            self.removed.pop(uid, None)
         return uid
 
     def update_user(self, uid: str, **props: Any) -> None:
         with self.lock:
             self.users[uid].update(props)
-            self._touch(uid)
+            self.version += 1
+            self.changed[uid].update(dict.fromkeys(props, self.version))
 
     def delete_user(self, uid: str) -> None:
         with self.lock:
             del self.users[uid]
             self.version += 1
             self.removed[uid] = self.version
+            self.created.pop(uid, None)
             self.changed.pop(uid, None)
             for group in self.groups.values():
                 if uid in group["members"]:
@@ -103,11 +115,6 @@ class GraphDouble:
             "members": list(members),
         }
         return gid
-
-    def _touch(self, uid: str) -> None:
-        self.version += 1
-        self.changed[uid] = self.version
-        self.removed.pop(uid, None)
 
     # Faults ------------------------------------------------------------------------------------
 
@@ -193,6 +200,7 @@ class GraphDouble:
 
     def _guard(self, request: Request) -> JSONResponse | None:
         self.requests.append(str(request.url.path) + "?" + str(request.url.query))
+        self.request_times.append(time.monotonic())
         fault = self._fault(request.url.path)
         if fault is not None:
             return fault
@@ -203,13 +211,7 @@ class GraphDouble:
             )
         return None
 
-    def _page(
-        self,
-        request: Request,
-        items: list[dict[str, Any]],
-        path: str,
-        extra: dict[str, str] | None = None,
-    ) -> tuple[dict[str, Any], bool]:
+    def _page(self, request: Request, items: list[dict[str, Any]], path: str) -> dict[str, Any]:
         params = request.query_params
         top = min(int(params.get("$top", "100")), 999)
         skip = int(params.get("$skiptoken", "0"))
@@ -219,13 +221,12 @@ class GraphDouble:
             "@odata.context": f"{self.base_url}/v1.0/$metadata#users",
             "value": page,
         }
-        more = skip + top < len(items)
-        if more:
-            query = {"$skiptoken": str(skip + top), "$top": str(top)} | (extra or {})
+        if skip + top < len(items):
+            query = {"$skiptoken": str(skip + top), "$top": str(top)}
             if select:
                 query["$select"] = ",".join(select)
             body["@odata.nextLink"] = f"{self.base_url}{path}?{urlencode(query)}"
-        return body, more
+        return body
 
     async def list_users(self, request: Request) -> JSONResponse:
         refused = self._guard(request)
@@ -233,45 +234,58 @@ class GraphDouble:
             return refused
         with self.lock:
             items = sorted(self.users.values(), key=lambda u: u["id"])
-        body, _ = self._page(request, items, "/v1.0/users")
-        return JSONResponse(body)
+        return JSONResponse(self._page(request, items, "/v1.0/users"))
 
     async def delta(self, request: Request) -> JSONResponse:
+        """``/users/delta``: a full pass, or the changes since ``$deltatoken``, paged.
+
+        Like Graph: ``$top`` is ignored (the page size comes from ``Prefer:
+        odata.maxpagesize``); the paging and delta links are opaque tokens that carry the
+        ``$select``; a changed user comes back with its id and the changed properties only; a
+        deleted one as ``{"id", "@removed"}``.
+        """
         refused = self._guard(request)
         if refused:
             return refused
         params = request.query_params
+        if "$skiptoken" in params:
+            since, offset, fields = _unpack(params["$skiptoken"])
+        elif "$deltatoken" in params:
+            if self.expired_delta_tokens:
+                return _error(410, "syncStateNotFound", "The sync state is no longer valid.")
+            (since, _, fields), offset = _unpack(params["$deltatoken"]), 0
+        else:
+            since, offset = -1, 0
+            fields = [f for f in params.get("$select", "").split(",") if f]
+        size = _max_page_size(request.headers.get("prefer", ""))
         with self.lock:
-            if "$deltatoken" in params:
-                if self.expired_delta_tokens:
-                    return _error(410, "syncStateNotFound", "The sync state is no longer valid.")
-                since = int(params["$deltatoken"])
-                items = [
-                    self.users[uid] for uid, v in sorted(self.changed.items()) if v > since
-                ] + [
-                    {"id": uid, "@removed": {"reason": "deleted"}}
-                    for uid, v in sorted(self.removed.items())
-                    if v > since
-                ]
-                select = [f for f in params.get("$select", "").split(",") if f]
-                return JSONResponse(
-                    {
-                        "value": [i if "@removed" in i else _project(i, select) for i in items],
-                        "@odata.deltaLink": self._delta_link(select),
-                    }
-                )
-            items = sorted(self.users.values(), key=lambda u: u["id"])
-            body, more = self._page(request, items, "/v1.0/users/delta")
-            if not more:
-                select = [f for f in params.get("$select", "").split(",") if f]
-                body["@odata.deltaLink"] = self._delta_link(select)
+            items = self._delta_items(since, fields)
+            version = self.version
+        page = items[offset : offset + size]
+        body: dict[str, Any] = {
+            "@odata.context": f"{self.base_url}/v1.0/$metadata#users(delta)",
+            "value": page,
+        }
+        if offset + size < len(items):
+            token = _pack(since, offset + size, fields)
+            body["@odata.nextLink"] = f"{self.base_url}/v1.0/users/delta?$skiptoken={token}"
+        else:
+            token = _pack(version, 0, fields)
+            body["@odata.deltaLink"] = f"{self.base_url}/v1.0/users/delta?$deltatoken={token}"
         return JSONResponse(body)
 
-    def _delta_link(self, select: list[str]) -> str:
-        query = {"$deltatoken": str(self.version)} | (
-            {"$select": ",".join(select)} if select else {}
-        )
-        return f"{self.base_url}/v1.0/users/delta?{urlencode(query)}"
+    def _delta_items(self, since: int, fields: list[str]) -> list[dict[str, Any]]:
+        found = []
+        for uid, user in sorted(self.users.items()):
+            if self.created[uid] > since:
+                found.append(_project(user, fields))
+                continue
+            props = [p for p, v in self.changed[uid].items() if v > since]
+            wanted = [p for p in props if not fields or p in fields]
+            if wanted:
+                found.append({"id": uid} | {p: user.get(p) for p in wanted})
+        removed = sorted(uid for uid, v in self.removed.items() if v > since)
+        return found + [{"id": uid, "@removed": {"reason": "deleted"}} for uid in removed]
 
     async def get_group(self, request: Request) -> JSONResponse:
         refused = self._guard(request)
@@ -307,8 +321,25 @@ class GraphDouble:
                     elif member in self.users:
                         found[member] = self.users[member]
         items = sorted(found.values(), key=lambda u: u["id"])
-        body, _ = self._page(request, items, request.url.path)
-        return JSONResponse(body)
+        return JSONResponse(self._page(request, items, request.url.path))
+
+
+def _pack(version: int, offset: int, fields: list[str]) -> str:
+    raw = json.dumps([version, offset, fields]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _unpack(token: str) -> tuple[int, int, list[str]]:
+    version, offset, fields = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    return int(version), int(offset), list(fields)
+
+
+def _max_page_size(prefer: str) -> int:
+    for part in prefer.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "odata.maxpagesize" and value.isdigit():
+            return min(int(value), 999)
+    return 200
 
 
 def _project(item: dict[str, Any], select: list[str]) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Reading the JSON APIs of cloud directories (Microsoft Graph, Google Admin SDK) politely.
 
-Both APIs throttle (429 + ``Retry-After``), fail transiently (5xx), and expire or revoke
-access tokens (401). ``CloudReader.get`` honours ``Retry-After``, backs off exponentially on
-5xx and network errors, and fetches a fresh token once after a 401; anything else, or running
-out of attempts, is a ``FetchFailed`` naming the URL and what the service said, so a sync
-aborts and changes nothing.
+Both APIs throttle (429 + ``Retry-After``; Google also 403 ``userRateLimitExceeded`` or
+``quotaExceeded``), fail transiently (5xx), and expire or revoke access tokens (401).
+``CloudReader.get`` honours ``Retry-After``, backs off exponentially on throttling, 5xx and
+network errors, and fetches a fresh token once after a 401; anything else, or running out of
+attempts, is a ``FetchFailed`` naming the URL and what the service said, so a sync aborts and
+changes nothing.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ log = logging.getLogger("fleetkeep.directories.cloud")
 Sync = Callable[..., SyncRun]
 TokenSource = Callable[[bool], str]
 MAX_RETRY_AFTER = 120.0
+# Google answers throttling with 403 and one of these reasons (Admin SDK "Limits and quotas").
+RATE_LIMIT_REASONS = frozenset({"userRateLimitExceeded", "rateLimitExceeded", "quotaExceeded"})
 
 
 class CloudReader:
@@ -64,7 +67,12 @@ class CloudReader:
     def close(self) -> None:
         self.http.close()
 
-    def get(self, url: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def get(
+        self,
+        url: str,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
         """GET a JSON object, retrying as the module docstring says."""
         refreshed = False
         token = self.tokens(False)
@@ -72,7 +80,9 @@ class CloudReader:
             self.requests += 1
             try:
                 response = self.http.get(
-                    url, params=params, headers={"Authorization": f"Bearer {token}"}
+                    url,
+                    params=params,
+                    headers={**(headers or {}), "Authorization": f"Bearer {token}"},
                 )
             except httpx.TransportError as exc:
                 if attempt == self.attempts:
@@ -89,10 +99,10 @@ class CloudReader:
                 refreshed = True
                 token = self.tokens(True)
                 continue
-            if status == 429 or status >= 500:
+            if status == 429 or status >= 500 or _rate_limited(response):
                 if attempt == self.attempts:
                     break
-                if status == 429:
+                if status < 500:
                     self.throttled += 1
                 self.sleep(self._retry_after(response) or self._delay(attempt))
                 continue
@@ -104,7 +114,7 @@ class CloudReader:
         raise FetchFailed(
             f"{url}: still HTTP {response.status_code} after {self.attempts} attempts: "
             f"{_message(response)}",
-            stage="throttled" if response.status_code == 429 else "unavailable",
+            stage="throttled" if response.status_code < 500 else "unavailable",
             status=response.status_code,
         )
 
@@ -118,6 +128,18 @@ class CloudReader:
             return min(max(float(value), 0.0), MAX_RETRY_AFTER)
         except ValueError:
             return None
+
+
+def _rate_limited(response: httpx.Response) -> bool:
+    """Google's quota refusals: 403 with reason ``userRateLimitExceeded``, ``quotaExceeded``…"""
+    if response.status_code != 403:
+        return False
+    try:
+        error = response.json().get("error")
+        reasons = {str(e.get("reason")) for e in error.get("errors") or []}
+    except (ValueError, AttributeError, TypeError):
+        return False
+    return bool(reasons & RATE_LIMIT_REASONS)
 
 
 def _message(response: httpx.Response) -> str:

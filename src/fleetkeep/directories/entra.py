@@ -213,12 +213,14 @@ class GraphReader:
             raise FetchFailed(f"Entra refused the app credentials: {error}", stage="auth")
         return str(token)
 
-    def pages(self, url: str, params: dict[str, Any] | None = None) -> tuple[list[Any], str | None]:
+    def pages(
+        self, url: str, params: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[list[Any], str | None]:
         """Every item of a paged collection, and its ``@odata.deltaLink`` if it has one."""
         items: list[Any] = []
         next_url: str | None = url
         while next_url:
-            page = self.reader.get(next_url, params)
+            page = self.reader.get(next_url, params, headers)
             params = None  # the next link carries them
             items.extend(page.get("value") or [])
             next_url = page.get("@odata.nextLink")
@@ -232,6 +234,11 @@ class GraphReader:
 
 def _select(config: EntraConfig) -> dict[str, Any]:
     return {"$select": ",".join(USER_FIELDS), "$top": str(config.page_size)}
+
+
+def _delta_paging(config: EntraConfig) -> dict[str, str]:
+    """Delta queries ignore ``$top``; their page size is asked for with a ``Prefer`` header."""
+    return {"Prefer": f"odata.maxpagesize={config.page_size}"}
 
 
 def fetch_groups(graph: GraphReader) -> FetchResult:
@@ -269,7 +276,7 @@ def fetch_delta(graph: GraphReader, state: EntraState | None) -> tuple[FetchResu
     base = graph.config.graph_url + "/v1.0"
     if state is not None:
         try:
-            changes, link = graph.pages(state.delta_link)
+            changes, link = graph.pages(state.delta_link, headers=_delta_paging(graph.config))
             snapshot = dict(state.snapshot)
             for change in changes:
                 if "@removed" in change:
@@ -281,7 +288,11 @@ def fetch_delta(graph: GraphReader, state: EntraState | None) -> tuple[FetchResu
         except FetchFailed as exc:
             if exc.extra.get("status") not in (400, 404, 410):
                 raise
-    items, link = graph.pages(f"{base}/users/delta", _select(graph.config))
+    items, link = graph.pages(
+        f"{base}/users/delta",
+        {"$select": ",".join(USER_FIELDS)},
+        headers=_delta_paging(graph.config),
+    )
     snapshot = {u["id"]: u for u in items if "@removed" not in u}
     return _from_snapshot(snapshot), DeltaOutcome(snapshot, link, full=True)
 
