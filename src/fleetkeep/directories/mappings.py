@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
 
+import ldap.dn
+
 from fleetkeep.errors import InvalidInput
 
 # Matching rules of Active Directory that a filter may use (extensible match).
@@ -51,12 +53,26 @@ _SPACED = re.compile(r"\s[,=+]|[,=+]\s")
 
 
 def normalize_dn(dn: str) -> str:
-    """Case and spacing do not matter in a DN: ``CN=Ann , OU=X`` equals ``cn=ann,ou=x``."""
+    """Case, spacing and escaping do not matter in a DN: ``CN=Smith\\, Ann , OU=X`` equals
+    ``cn=smith\\2c ann,ou=x``."""
     lowered = dn.strip().lower()
+    if "\\" in lowered:
+        return _canonical_dn(lowered)
     # Fast path: most DNs have no space next to a separator (syncs normalise every DN).
     if " " not in lowered or not _SPACED.search(lowered):
         return lowered
     return _DN_SPACES.sub(_separator, lowered)
+
+
+def _canonical_dn(lowered: str) -> str:
+    """Servers escape differently (``\\,`` or ``\\2c``): parse and re-escape one way."""
+    try:
+        rdns = ldap.dn.str2dn(lowered)
+    except ldap.DECODING_ERROR:
+        return _DN_SPACES.sub(_separator, lowered)
+    return ldap.dn.dn2str(
+        [[(name, value.strip(), kind) for name, value, kind in rdn] for rdn in rdns]
+    ).lower()
 
 
 def _separator(match: re.Match[str]) -> str:
