@@ -76,6 +76,9 @@ class Agent:
         assert done.returncode == 0, f"{args}: {done.returncode}\n{done.stdout}\n{done.stderr}"
         return done.stdout
 
+    def device_id(self) -> int:
+        return int(json.loads((self.state_dir / "device.json").read_text())["device_id"])
+
     def popen(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [str(BIN / "fleetkeep-agent"), *args],

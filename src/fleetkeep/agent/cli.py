@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from fleetkeep import __version__
-from fleetkeep.agent import backups, enrollment, state
+from fleetkeep.agent import backups, enrollment, replacement, state
 from fleetkeep.agent.client import DeviceClient, DeviceUnauthorized, ServerRefused
 from fleetkeep.agent.config import ConfigError, load_config
 from fleetkeep.backup import BackupError, BackupProgress
@@ -184,6 +184,7 @@ def run(
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     schedule = backups.Schedule.load()
+    _restore_if_replacing(current)
     next_beat = 0.0
     while not stop.is_set():
         if time.monotonic() >= next_beat:
@@ -211,6 +212,25 @@ def run(
             wait = min(wait, due)
         stop.wait(max(0.05, wait))
     typer.echo("stopped")
+
+
+def _restore_if_replacing(current: state.Enrollment) -> None:
+    """A device that replaces another restores its data once, before its first backup."""
+    try:
+        with _authorized(current), DeviceClient(current.server, current.device_token) as client:
+            pending = client.restore_plan()["status"] == "pending"
+    except (ServerRefused, httpx.TransportError):
+        return  # no plan (404), or the server is away: the next start tries again
+    if not pending:
+        return
+    typer.echo("replacement restore started", err=True)
+    try:
+        with _authorized(current):
+            _, report = replacement.execute_plan(current)
+    except (ServerRefused, httpx.TransportError, backups.NoBackups, BackupError, OSError) as exc:
+        typer.echo(f"fleetkeep-agent: replacement restore failed: {_describe(exc)}", err=True)
+        return
+    typer.echo(f"replacement restore done: {report.files} files", err=True)
 
 
 class _Stopped(Exception):
@@ -386,3 +406,20 @@ def restore(
 
 def main() -> None:
     app()
+
+
+@app.command("restore-plan")
+def restore_plan() -> None:
+    """Execute this device's replacement restore plan: the device it replaces comes back here,
+    its folders mapped to this device's (the rest under a restore folder in the home)."""
+    current = _enrolled()
+    try:
+        with _authorized(current):
+            doc, report = replacement.execute_plan(current)
+    except (ServerRefused, httpx.TransportError, backups.NoBackups, BackupError) as exc:
+        _fail_backup(exc)
+    typer.echo(
+        f"restored snapshot {report.snapshot[:12]} of device {doc['source_device_id']}: "
+        f"{report.files} files placed under {doc['plan']['target_home']}"
+        + (f"; {report.conflicts} existing kept, ours beside them" if report.conflicts else "")
+    )

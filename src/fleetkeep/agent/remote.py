@@ -127,6 +127,11 @@ class VaultApi:
         answer: dict[str, Any] = self.json("POST", "/device/v1/repository/key")
         return answer
 
+    def restore_plan_status(self, outcome: str, detail: str) -> None:
+        self._send(
+            "POST", "/device/v1/restore-plan/status", json={"status": outcome, "detail": detail}
+        )
+
     def snapshots(self, device_id: int | None = None) -> list[dict[str, Any]]:
         params = {"device_id": device_id} if device_id is not None else {}
         found: list[dict[str, Any]] = self.json("GET", "/device/v1/snapshots", params=params)

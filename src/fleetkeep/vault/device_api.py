@@ -31,6 +31,7 @@ from fleetkeep.vault.schemas import (
     ObjectPage,
     ProgressIn,
     RepositoryKey,
+    RestoreOutcomeIn,
     SessionBegun,
     SessionOut,
     SnapshotOut,
@@ -201,3 +202,9 @@ def snapshots(
         session, user_id=device.user_id, device_id=device_id, limit=limit
     )
     return [SnapshotOut.model_validate(r) for r in rows]
+
+
+@router.post("/restore-plan/status", status_code=status.HTTP_204_NO_CONTENT)
+def restore_plan_status(body: RestoreOutcomeIn, device: CurrentDevice, session: DbSession) -> None:
+    """How executing this device's replacement restore plan went."""
+    sessions.record_restore_outcome(session, device, body.status, body.detail)

@@ -87,3 +87,8 @@ class SessionOut(BaseModel):
     error_code: str
     error_detail: str
     snapshot_id: str | None
+
+
+class RestoreOutcomeIn(BaseModel):
+    status: str = Field(pattern="^(done|failed)$")
+    detail: str = Field(default="", max_length=1000)

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from fleetkeep.alerts.models import Severity
 from fleetkeep.alerts.service import raise_alert, resolve_alert
+from fleetkeep.audit.service import Actor, record
 from fleetkeep.backup import Snapshot
 from fleetkeep.backup.crypto import Crypto, ObjectKind, content_name
 from fleetkeep.backup.errors import IntegrityError as SealBroken
@@ -31,6 +32,7 @@ from fleetkeep.backup.stores import Store
 from fleetkeep.backup.stores.base import InvalidName, check_name
 from fleetkeep.db import utcnow
 from fleetkeep.deployment.models import Device
+from fleetkeep.deployment.replacement import restore_plan_of
 from fleetkeep.errors import NotFound
 from fleetkeep.identity.models import StorageRegion, User
 from fleetkeep.keys.service import Keyring, get_user_dek
@@ -105,7 +107,8 @@ def _check_quota(session: Session, user: User, adding: int) -> None:
     if quota <= 0:
         return
     used = stored_bytes(session, user.id)
-    if used + adding <= quota and not (adding == 0 and used >= quota):
+    over = used >= quota if adding == 0 else used + adding > quota
+    if not over:
         return
     raise_alert(
         session,
@@ -332,3 +335,24 @@ def repository_key(session: Session, keyring: Keyring, device: Device) -> tuple[
     user = device.user
     exists = user_store(session, user).exists(CONFIG)
     return get_user_dek(session, keyring, user.id), exists
+
+
+# --- replacement restores ---------------------------------------------------------------------
+
+RESTORE_OUTCOMES = ("done", "failed")
+
+
+def record_restore_outcome(session: Session, device: Device, outcome: str, detail: str) -> None:
+    """The new device reports how executing its replacement restore plan went."""
+    if outcome not in RESTORE_OUTCOMES:
+        raise ObjectRejected(f"outcome must be one of {', '.join(RESTORE_OUTCOMES)}")
+    plan = restore_plan_of(session, device.id)
+    plan.status = outcome
+    record(
+        session,
+        Actor(f"device:{device.id}"),
+        f"device.restore_plan_{outcome}",
+        "device",
+        device.id,
+        after={"restore_plan": plan.id, "detail": detail[:1000]},
+    )
