@@ -351,6 +351,8 @@ rootdn "cn=admin,{base}"
 rootpw {ROOT_PASSWORD}
 directory {dbdir}
 maxsize 2147483648
+# Test data needs no durability; without this every add waits for an fsync.
+dbnosync
 index objectClass eq
 index entryUUID eq
 limits dn.exact="cn=limited,{base}" size=3 size.prtotal=3

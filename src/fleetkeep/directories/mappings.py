@@ -70,9 +70,10 @@ def _canonical_dn(lowered: str) -> str:
         rdns = ldap.dn.str2dn(lowered)
     except ldap.DECODING_ERROR:
         return _DN_SPACES.sub(_separator, lowered)
-    return ldap.dn.dn2str(
+    canonical: str = ldap.dn.dn2str(
         [[(name, value.strip(), kind) for name, value, kind in rdn] for rdn in rdns]
-    ).lower()
+    )
+    return canonical.lower()
 
 
 def _separator(match: re.Match[str]) -> str:
