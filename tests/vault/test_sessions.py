@@ -10,6 +10,7 @@ import base64
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from fleetkeep.alerts.models import Alert, AlertStatus
 from fleetkeep.backup import Repository
 from fleetkeep.backup.stores import FilesystemStore
 from fleetkeep.keys.service import Keyring, get_user_dek
+from fleetkeep.vault.maintenance import apply_retention
 from fleetkeep.vault.models import BackupSession, SessionState, SnapshotRecord, StorageUsage
 from tests.backup.conftest import SMALL_CHUNKS, SMALL_PACKS
 from tests.backup.trees import describe
@@ -217,3 +219,28 @@ def test_over_quota_the_backup_fails_with_an_alert_and_commits_nothing(
     with factory() as session:
         [alert] = session.scalars(select(Alert).where(Alert.type == "quota_exceeded"))
         assert alert.status is AlertStatus.RESOLVED
+
+
+def test_retention_drops_forgotten_snapshots_from_the_catalogue_and_recounts_usage(
+    device: Device,
+    owner: TestClient,
+    tmp_path: Path,
+    factory: sessionmaker[Session],
+    keyring: Keyring,
+) -> None:
+    src = tree(tmp_path / "src")
+    device.backup(src)
+    (src / "docs" / "b.bin").write_bytes(os.urandom(500_000))
+    _, latest = device.backup(src)
+    profile = owner.get(f"/api/v1/users/{device.user_id}").json()["profile_id"]
+    keep_latest = {"retention": {"daily": 0, "weekly": 0, "monthly": 0}}
+    assert owner.patch(f"/api/v1/profiles/{profile}", json={"policy": keep_latest}).is_success
+    result = apply_retention(factory, keyring, device.user_id, grace=timedelta(0))
+    assert result is not None
+    assert len(result.forgotten) == 1
+    with factory() as session:
+        [kept] = session.scalars(select(SnapshotRecord))
+        assert kept.snapshot_id == latest.id
+        usage = session.get(StorageUsage, device.user_id)
+        assert usage is not None
+        assert usage.stored_bytes == sum(o.size for o in device.store.list(""))

@@ -23,8 +23,10 @@ from fleetkeep.db import transaction
 from fleetkeep.errors import FleetkeepError
 from fleetkeep.identity.models import Profile, User, UserState
 from fleetkeep.keys.service import Keyring
+from fleetkeep.vault import catalogue
 from fleetkeep.vault.policy import retention_policy
 from fleetkeep.vault.repositories import open_user_repository
+from fleetkeep.vault.sessions import recount_stored_bytes
 
 log = logging.getLogger("fleetkeep.vault")
 
@@ -114,6 +116,9 @@ def apply_retention(
     # Prune also when nothing was forgotten: an earlier run's marked packs are swept only by
     # a later prune, and packs left by crashed backups are reclaimed after the grace period.
     report = repo.prune(grace=grace, now=now)
+    with transaction(factory) as session:
+        catalogue.drop_snapshots(session, user_id, [s.id for s in forgotten])
+        recount_stored_bytes(session, session.get_one(User, user_id))
     return RetentionResult(user_id, [s.id for s in forgotten], report)
 
 
