@@ -14,7 +14,8 @@ import base64
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,9 +24,14 @@ from typing import Any
 from fleetkeep.agent import state
 from fleetkeep.agent.client import DeviceClient
 from fleetkeep.agent.facts import device_facts
-from fleetkeep.agent.remote import RemoteStore, VaultApi
+from fleetkeep.agent.remote import RemoteStore, UploadLimiter, VaultApi
 from fleetkeep.agent.selection import backup_selection
 from fleetkeep.backup import BackupProgress, Repository, RestoreStats, Snapshot, SnapshotNotFound
+
+try:
+    import fcntl
+except ImportError:  # Windows: the service manager runs one agent anyway
+    fcntl = None  # type: ignore[assignment]
 
 SCHEDULE_FILE = "backup.json"
 PROGRESS_EVERY_S = 5.0
@@ -95,21 +101,57 @@ class BackupResult:
 ProgressCallback = Callable[[BackupProgress], None]
 
 
+class BackupRunning(Exception):
+    """Another backup of this device is running (the daemon, or a 'backup now')."""
+
+
+@contextmanager
+def backup_lock() -> Iterator[None]:
+    """One backup per device at a time: a second one would abandon the first's session."""
+    directory = state.agent_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with (directory / "backup.lock").open("a") as handle:
+        if fcntl is not None:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise BackupRunning("another backup of this device is running") from None
+        yield
+
+
+def upload_limit(policy: dict[str, Any], override_kbps: float | None) -> UploadLimiter | None:
+    """The bandwidth cap: the command line's, else the profile's ``upload_limit_kbps``."""
+    kbps = override_kbps if override_kbps is not None else policy.get("upload_limit_kbps")
+    return UploadLimiter(float(kbps) * 1024) if kbps else None
+
+
 def run_backup(
     enrollment: state.Enrollment,
     *,
     paths: list[str] | None = None,
     on_progress: ProgressCallback | None = None,
+    limit_kbps: float | None = None,
 ) -> BackupResult:
     """One backup of this device. Raises ``ServerRefused`` (quota, key provider, …),
-    ``httpx.TransportError`` (server unreachable after retries) or ``NothingToBackUp``."""
+    ``httpx.TransportError`` (server unreachable after retries), ``NothingToBackUp`` or
+    ``BackupRunning``."""
+    with backup_lock():
+        return _run_backup(enrollment, paths, on_progress, limit_kbps)
+
+
+def _run_backup(
+    enrollment: state.Enrollment,
+    paths: list[str] | None,
+    on_progress: ProgressCallback | None,
+    limit_kbps: float | None,
+) -> BackupResult:
     policy = enrollment.config.get("policy") or {}
     selection = backup_selection(policy, never=[state.agent_dir()])
     roots = paths or selection.paths
     if not roots:
         raise NothingToBackUp(f"none of the folders {policy.get('folders') or ['~']} exists")
     with DeviceClient(enrollment.server, enrollment.device_token) as client:
-        api = VaultApi(client)
+        api = VaultApi(client, limiter=upload_limit(policy, limit_kbps))
         begun = api.begin()
         session_id = int(begun["session_id"])
         store = RemoteStore(api, session_id)

@@ -183,7 +183,6 @@ def run(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    schedule = backups.Schedule.load()
     _restore_if_replacing(current)
     next_beat = 0.0
     while not stop.is_set():
@@ -205,6 +204,8 @@ def run(
                 if backup_interval is not None
                 else 60 * float(current.config.get("backup_interval_minutes", 240))
             )
+            # Reread: a 'backup now' from the command line also resets the interval.
+            schedule = backups.Schedule.load()
             due = schedule.due_in(every, datetime.now(UTC))
             if due <= 0:
                 _scheduled_backup(current, schedule, stop)
@@ -251,6 +252,10 @@ def _scheduled_backup(
     except _Stopped:
         typer.echo("backup interrupted: the agent is stopping", err=True)
         return
+    except backups.BackupRunning as exc:
+        typer.echo(f"fleetkeep-agent: {exc}; waiting for it", err=True)
+        stop.wait(5)
+        return
     except (ServerRefused, httpx.TransportError, backups.NothingToBackUp, BackupError) as exc:
         schedule.finished(None, _describe(exc))
         typer.echo(f"fleetkeep-agent: backup failed, will retry: {_describe(exc)}", err=True)
@@ -296,6 +301,9 @@ def backup(
         list[Path] | None, typer.Option(help="back up this folder instead of the profile's")
     ] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    limit_upload: Annotated[
+        float | None, typer.Option(help="upload at most this many KiB/s (default: profile's)")
+    ] = None,
 ) -> None:
     """Back up now (the daemon's schedule then counts from this backup)."""
     current = _enrolled()
@@ -323,8 +331,13 @@ def backup(
     try:
         with bar, _authorized(current):
             result = backups.run_backup(
-                current, paths=[str(p) for p in path or []] or None, on_progress=show
+                current,
+                paths=[str(p) for p in path or []] or None,
+                on_progress=show,
+                limit_kbps=limit_upload,
             )
+    except backups.BackupRunning as exc:
+        _exit(str(exc), EXIT_TRY_LATER)
     except (ServerRefused, httpx.TransportError, backups.NothingToBackUp, BackupError) as exc:
         schedule.finished(None, _describe(exc))
         _fail_backup(exc)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -73,6 +74,24 @@ def retrying(call: Callable[[], T], backoff: Backoff) -> T:
     raise AssertionError("unreachable")
 
 
+class UploadLimiter:
+    """Spaces uploads so they average at most ``bytes_per_second`` (the bandwidth cap); shared
+    by the upload threads. Whole objects are sent at line speed, with pauses between."""
+
+    def __init__(self, bytes_per_second: float) -> None:
+        self.rate = bytes_per_second
+        self._lock = threading.Lock()
+        self._free_at = time.monotonic()
+
+    def take(self, size: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(self._free_at, now)
+            self._free_at = start + size / self.rate
+        if start > now:
+            time.sleep(start - now)
+
+
 class ReadOnlyRepository(BackupError):
     code = "read_only_repository"
 
@@ -80,9 +99,15 @@ class ReadOnlyRepository(BackupError):
 class VaultApi:
     """The device API calls of backups and restores, each retried."""
 
-    def __init__(self, client: DeviceClient, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self,
+        client: DeviceClient,
+        backoff: Backoff | None = None,
+        limiter: UploadLimiter | None = None,
+    ) -> None:
         self.client = client
         self.backoff = backoff or Backoff.from_env()
+        self.limiter = limiter
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         def once() -> httpx.Response:
@@ -102,6 +127,8 @@ class VaultApi:
         return self.client.call("POST", SESSIONS)
 
     def upload(self, session_id: int, name: str, data: bytes) -> bool:
+        if self.limiter is not None:
+            self.limiter.take(len(data))
         answer = self.json("PUT", f"{SESSIONS}/{session_id}/objects/{name}", content=data)
         return bool(answer["stored"])
 
