@@ -28,6 +28,7 @@ from fleetkeep.backup.stores import FilesystemStore
 from fleetkeep.keys.service import Keyring, get_user_dek
 from fleetkeep.vault.maintenance import apply_retention
 from fleetkeep.vault.models import BackupSession, SessionState, SnapshotRecord, StorageUsage
+from fleetkeep.vault.sessions import expire_stale_sessions
 from tests.backup.conftest import SMALL_CHUNKS, SMALL_PACKS
 from tests.backup.trees import describe
 
@@ -244,3 +245,16 @@ def test_retention_drops_forgotten_snapshots_from_the_catalogue_and_recounts_usa
         usage = session.get(StorageUsage, device.user_id)
         assert usage is not None
         assert usage.stored_bytes == sum(o.size for o in device.store.list(""))
+
+
+def test_a_session_whose_agent_went_silent_for_a_day_is_abandoned(
+    device: Device, factory: sessionmaker[Session]
+) -> None:
+    quiet, _ = device.begin()
+    with factory() as session:
+        row = session.get_one(BackupSession, quiet)
+        row.last_activity_at -= timedelta(hours=25)
+        session.commit()
+        assert expire_stale_sessions(session) == 1
+        session.commit()
+        assert session.get_one(BackupSession, quiet).state is SessionState.ABANDONED

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import UTC, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -51,6 +51,8 @@ MAX_OBJECT_BYTES = 64 * 1024 * 1024
 WRITABLE_FOLDERS = ("packs", "index")
 READABLE_FOLDERS = ("packs", "index", "snapshots", "pending")
 QUOTA_ALERT = "quota_exceeded"
+# Agents report progress every few seconds and retry for minutes: a day of silence is death.
+STALE_AFTER = timedelta(hours=24)
 
 
 def quota_subject(user_id: int) -> str:
@@ -308,6 +310,21 @@ def report_progress(
     row.progress = progress
     row.last_activity_at = utcnow()
     return row
+
+
+def expire_stale_sessions(session: Session, idle: timedelta = STALE_AFTER) -> int:
+    """Open sessions idle for ``idle`` (their agent died or vanished) become abandoned, so the
+    admin's view does not show them running forever; returns how many."""
+    now = utcnow()
+    done = session.execute(
+        update(BackupSession)
+        .where(
+            BackupSession.state == SessionState.OPEN,
+            BackupSession.last_activity_at < now - idle,
+        )
+        .values(state=SessionState.ABANDONED, finished_at=now, error_code="stale")
+    )
+    return int(done.rowcount)  # type: ignore[attr-defined]
 
 
 def _fail(row: BackupSession, code: str, detail: str) -> None:
