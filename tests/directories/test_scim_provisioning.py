@@ -400,6 +400,20 @@ def test_filters_sorting_paging_and_projection(scim: Scim) -> None:
     assert "userName" in excluded
 
 
+def test_filters_on_attributes_without_an_index_still_find_users(scim: Scim) -> None:
+    made = scim("POST", "/Users", new_user("nia@example.com", displayName="Nia Long")).json()
+    scim("POST", "/Users", new_user("oz@example.com", displayName="Oz"))
+    for text in (
+        'displayName eq "Nia Long"',
+        'displayName eq "nia long"',
+        'displayName eq "Nia Long" and userName sw "nia"',
+        f'id eq "{made["id"]}"',
+        'emails[type eq "work" and value eq "nia@example.com"]',
+    ):
+        found = scim("GET", f"/Users?filter={text}").json()
+        assert [r["id"] for r in found["Resources"]] == [made["id"]], text
+
+
 def test_put_replaces_and_refuses_another_users_name(scim: Scim) -> None:
     a = scim("POST", "/Users", new_user("lea@example.com")).json()
     scim("POST", "/Users", new_user("max@example.com"))

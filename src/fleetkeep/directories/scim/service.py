@@ -402,7 +402,7 @@ def search_users(
 ) -> list[UserResource]:
     """Every User the search's filter selects, sorted as asked (the caller pages)."""
     query = select(User, ScimUser).join(ScimUser, ScimUser.user_id == User.id).order_by(User.id)
-    pushed = _indexed_term(search.filter.ast if search.filter else None)
+    pushed = _indexed_term(search.filter.ast if search.filter else None, USER_INDEXED)
     if pushed is not None:
         attr, value = pushed
         if attr == "username":
@@ -428,18 +428,22 @@ def _select(resources: list[Any], search: SearchRequest[Any]) -> list[Any]:
     return resources
 
 
-def _indexed_term(node: FilterNode | None) -> tuple[str, str] | None:
-    """An ``eq`` on userName/externalId/id the database can answer from an index."""
+USER_INDEXED = frozenset({"username", "externalid", "id"})
+GROUP_INDEXED = frozenset({"displayname", "externalid", "id"})
+
+
+def _indexed_term(node: FilterNode | None, indexed: frozenset[str]) -> tuple[str, str] | None:
+    """An ``eq`` on one of the ``indexed`` core attributes, which the database can answer."""
     if isinstance(node, Comparison) and node.op is CompareOperator.eq:
         path = node.attr_path
         core = path.uri in (None, "", UserResource.__schema__, GroupResource.__schema__)
         if core and not path.sub_attr and isinstance(node.value, str):
             attr = path.attr.lower()
-            if attr in {"username", "externalid", "id", "displayname"}:
+            if attr in indexed:
                 return attr, node.value
     if isinstance(node, LogicalExpr) and str(node.op).lower() == "and":
         for term in node.terms:
-            found = _indexed_term(term)
+            found = _indexed_term(term, indexed)
             if found is not None:
                 return found
     return None
@@ -666,7 +670,7 @@ def search_groups(
     session: Session, search: SearchRequest[GroupResource], base_url: str
 ) -> list[GroupResource]:
     query = select(ScimGroup).order_by(ScimGroup.id)
-    pushed = _indexed_term(search.filter.ast if search.filter else None)
+    pushed = _indexed_term(search.filter.ast if search.filter else None, GROUP_INDEXED)
     if pushed is not None:
         attr, value = pushed
         if attr == "displayname":
