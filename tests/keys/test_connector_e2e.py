@@ -21,7 +21,7 @@ from fleetkeep.keys.models import WrappedKey
 from fleetkeep.keys.service import user_context
 from fleetkeep.keys.wrapping import UnwrapFailed, unwrap_dek
 from tests.keys.scanning import database_bytes, find_secrets
-from tests.support.servers import BIN, ServerProcess, start_server
+from tests.support.servers import BIN, ServerProcess, start_server, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -318,3 +318,35 @@ def test_bad_tokens_and_a_different_key_are_refused_with_clear_errors(
     revoked = ConnectorProcess(sqlite_server, key_file, token, tmp_path / "r.log").start()
     connectors.append(revoked)
     assert revoked.wait_exit() == 3
+
+
+def test_the_connector_reconnects_by_itself_when_the_server_restarts(
+    sqlite_server: ServerProcess, connectors: list[ConnectorProcess], tmp_path: Path
+) -> None:
+    api = sqlite_server.admin_client()
+    key_file = _new_key_file(tmp_path / "customer" / "ekey.json")
+    connector = ConnectorProcess(sqlite_server, key_file, _token(api), tmp_path / "c.log").start()
+    connectors.append(connector)
+    _wait(_connected(api), "the connector to connect")
+    [user] = _make_users(api, 1, "restart")
+    assert api.post("/api/v1/keys/rotate", json={"provider": "connector"}).status_code == 200
+    assert api.post(f"/api/v1/keys/users/{user}/verify").status_code == 200
+
+    # The server goes away (an upgrade, a crash) and comes back on the same address.
+    sqlite_server.stop()
+    _wait(lambda: "retrying in" in connector.log(), "the connector to notice")
+    with sqlite_server.log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [str(BIN / "fleetkeep"), "serve"],
+            env=sqlite_server.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    sqlite_server.process = process
+    wait_ready(sqlite_server)
+    api = sqlite_server.admin_client()
+    _wait(_connected(api), "the connector to reconnect on its own")
+    answer = api.post(f"/api/v1/keys/users/{user}/verify")
+    assert answer.status_code == 200, answer.text
+    assert connector.process is not None
+    assert connector.process.poll() is None
