@@ -18,7 +18,12 @@ from fleetkeep.audit.models import AuditEvent
 from fleetkeep.audit.service import SYSTEM
 from fleetkeep.backup.crypto import BlobType, Crypto
 from fleetkeep.db import utcnow
-from fleetkeep.keys.errors import KeyCheckMismatch, KeyProviderNotConnected, WrappedKeyInvalid
+from fleetkeep.keys.errors import (
+    KeyCheckMismatch,
+    KeyFileInvalid,
+    KeyProviderNotConnected,
+    WrappedKeyInvalid,
+)
 from fleetkeep.keys.hub import ConnectorLink
 from fleetkeep.keys.keyfile import ensure_local_key, load_keys
 from fleetkeep.keys.models import KeyVersion, ProviderName, WrappedKey
@@ -125,6 +130,30 @@ def test_a_different_local_key_file_is_detected_by_its_check_value(
     ensure_local_key(key_file)
     with pytest.raises(KeyCheckMismatch, match="different organization key file"):
         get_user_dek(session, fresh, users[0])
+
+
+def test_a_missing_local_key_file_raises_the_alert_until_it_is_restored(
+    session: Session, keyring: Keyring, settings: Settings, users: list[int]
+) -> None:
+    dek = get_user_dek(session, keyring, users[0])
+    session.commit()
+    key_file = settings.resolved_key_file
+    saved = key_file.read_bytes()
+    key_file.unlink()
+    restarted = Keyring(settings, keyring.factory, keyring.hub)  # the server restarts
+    with pytest.raises(KeyFileInvalid, match="does not exist"):
+        get_user_dek(session, restarted, users[0])
+    session.rollback()
+    [alert] = session.scalars(select(Alert).where(Alert.type == ALERT_TYPE))
+    assert (alert.status, alert.message) == (AlertStatus.OPEN, "Local key file unusable")
+    assert "does not exist" in alert.details["reason"]
+    key_file.write_bytes(saved)
+    key_file.chmod(0o600)
+    restarted.forget()
+    assert get_user_dek(session, restarted, users[0]) == dek
+    session.commit()
+    session.refresh(alert)
+    assert alert.status is AlertStatus.RESOLVED
 
 
 def test_rotation_rewraps_every_dek_in_batches_without_changing_it(

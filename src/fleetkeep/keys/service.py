@@ -26,12 +26,13 @@ from fleetkeep.alerts.models import Severity
 from fleetkeep.alerts.service import raise_alert, resolve_alert
 from fleetkeep.audit.service import Actor, record
 from fleetkeep.db import transaction, utcnow
-from fleetkeep.errors import InvalidInput, NotFound
+from fleetkeep.errors import FleetkeepError, InvalidInput, NotFound
 from fleetkeep.identity.models import User
 from fleetkeep.keys.cache import DekCache
 from fleetkeep.keys.errors import (
     ConnectorTokenInvalid,
     KeyCheckMismatch,
+    KeyFileInvalid,
     KeyProviderNotConnected,
     RotationRefused,
 )
@@ -116,7 +117,9 @@ class Keyring:
     def _guarded(self, info: VersionInfo, call: Callable[[KeyProvider], bytes]) -> bytes:
         try:
             result = call(self.provider(info))
-        except KeyProviderNotConnected as exc:
+        except (KeyProviderNotConnected, KeyFileInvalid, KeyCheckMismatch) as exc:
+            # The provider cannot serve this key version at all (unreachable, refusing, a
+            # missing key file, another organization's key): every DEK is out of reach.
             self._provider_down(info, exc)
             raise
         if self._down_since is not None:
@@ -125,7 +128,7 @@ class Keyring:
                 resolve_alert(session, ALERT_TYPE, ALERT_SUBJECT)
         return result
 
-    def _provider_down(self, info: VersionInfo, exc: KeyProviderNotConnected) -> None:
+    def _provider_down(self, info: VersionInfo, exc: FleetkeepError) -> None:
         now = time.monotonic()
         if self._down_since is None:
             self._down_since = now
