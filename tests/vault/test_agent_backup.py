@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tests.backup.trees import describe
-from tests.support.servers import ServerProcess
+from tests.support.servers import ServerProcess, run_cli
 from tests.vault.agents import make_tree, new_agent, random_tree, setup_org, wait_for
 
 
@@ -43,6 +43,10 @@ def test_backup_restores_byte_identical_and_an_unchanged_rebackup_uploads_nothin
     assert [s["snapshot_id"] for s in catalogue] == [s["snapshot_id"] for s in listed]
     sessions = org.admin.get("/api/v1/backup-sessions").json()["items"]
     assert [s["state"] for s in sessions] == ["committed", "committed"]
+    cli = run_cli(["snapshots", "list", "--user", "ann@example.com", "--json"], server.env)
+    assert [s["snapshot_id"] for s in json.loads(cli.stdout)] == [s["snapshot_id"] for s in listed]
+    table = run_cli(["snapshots", "list", "--device", "ANN-PC"], server.env).stdout
+    assert listed[0]["snapshot_id"][:12] in table
 
 
 def test_over_quota_the_agent_fails_clearly_an_alert_is_raised_and_no_snapshot_exists(

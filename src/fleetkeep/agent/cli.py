@@ -30,6 +30,7 @@ from fleetkeep.agent import backups, enrollment, replacement, state
 from fleetkeep.agent.client import DeviceClient, DeviceUnauthorized, ServerRefused
 from fleetkeep.agent.config import ConfigError, load_config
 from fleetkeep.backup import BackupError, BackupProgress
+from fleetkeep.units import format_bytes
 
 app = typer.Typer(help="fleetkeep endpoint agent.", no_args_is_help=True)
 
@@ -286,15 +287,6 @@ def _fail_backup(exc: BaseException) -> NoReturn:
     _exit(f"failed: {_describe(exc)}", 1)
 
 
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TB"
-
-
 @app.command()
 def backup(
     path: Annotated[
@@ -324,8 +316,8 @@ def backup(
         bar.update(
             task,
             files=progress.files,
-            size=_size(progress.bytes),
-            new=_size(progress.new_bytes),
+            size=format_bytes(progress.bytes),
+            new=format_bytes(progress.new_bytes),
         )
 
     try:
@@ -345,8 +337,8 @@ def backup(
     snap = result.snapshot
     typer.echo(
         f"snapshot {snap['snapshot_id'][:12]}: {snap['file_count']} files, "
-        f"{_size(snap['size_bytes'])}, {_size(snap['new_bytes'])} new, "
-        f"{result.uploaded_objects} objects ({_size(result.uploaded_bytes)}) uploaded"
+        f"{format_bytes(snap['size_bytes'])}, {format_bytes(snap['new_bytes'])} new, "
+        f"{result.uploaded_objects} objects ({format_bytes(result.uploaded_bytes)}) uploaded"
     )
 
 
@@ -372,7 +364,7 @@ def snapshots(
     for s in found:
         typer.echo(
             f"{s['snapshot_id'][:12]}  {s['time'][:19]}  device {s['device_id']}  "
-            f"{s['file_count']} files  {_size(s['size_bytes'])}  {', '.join(s['paths'])}"
+            f"{s['file_count']} files  {format_bytes(s['size_bytes'])}  {', '.join(s['paths'])}"
         )
 
 
@@ -413,7 +405,7 @@ def restore(
         _fail_backup(exc)
     typer.echo(
         f"restored snapshot {snap.id[:12]} ({snap.time.isoformat(timespec='seconds')}) to "
-        f"{target}: {stats.files} files, {stats.dirs} folders, {_size(stats.bytes)}"
+        f"{target}: {stats.files} files, {stats.dirs} folders, {format_bytes(stats.bytes)}"
     )
 
 

@@ -10,21 +10,13 @@ import typer
 from fleetkeep.clikit import console, db, handles_errors, print_table
 from fleetkeep.deployment.devices import find_device
 from fleetkeep.identity.service import find_user
+from fleetkeep.units import format_bytes
 from fleetkeep.vault import catalogue
 from fleetkeep.vault.schemas import SessionOut, SnapshotOut
 
 snapshots_app = typer.Typer(
     help="Snapshots (the catalogue) and backup sessions.", no_args_is_help=True
 )
-
-
-def _size(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024:
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TB"
 
 
 def _ids(user: str | None, device: str | None) -> tuple[int | None, int | None]:
@@ -62,8 +54,8 @@ def list_snapshots(
                 r.device_id,
                 r.hostname,
                 r.file_count,
-                _size(r.size_bytes),
-                _size(r.new_bytes),
+                format_bytes(r.size_bytes),
+                format_bytes(r.new_bytes),
                 ", ".join(r.paths),
             ]
             for r in rows
@@ -95,7 +87,7 @@ def list_sessions(
                 r.device_id,
                 r.state,
                 r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                _size(r.uploaded_bytes),
+                format_bytes(r.uploaded_bytes),
                 r.progress.get("files", ""),
                 r.error_code,
             ]
