@@ -250,6 +250,38 @@ def test_entra_sequence_with_string_booleans_and_enterprise_extension(
     assert stored["preserved_by"] == "scim"
 
 
+def test_entra_path_less_replace_with_dotted_urn_and_filtered_keys(
+    scim: Scim, owner: TestClient
+) -> None:
+    uid = scim("POST", "/Users", new_user("pia@example.com")).json()["id"]
+    changed = scim(
+        "PATCH",
+        f"/Users/{uid}",
+        patch(
+            {
+                "op": "Replace",
+                "value": {
+                    "displayName": "Pia P",
+                    "name.givenName": "Pia",
+                    'emails[type eq "work"].value': "pia.p@example.com",
+                    f"{ENTERPRISE}:department": "Sales",
+                    "active": "False",
+                },
+            }
+        ),
+    )
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert body["displayName"] == "Pia P"
+    assert body["name"]["givenName"] == "Pia"
+    assert body["emails"] == [{"value": "pia.p@example.com", "type": "work", "primary": True}]
+    assert body[ENTERPRISE]["department"] == "Sales"
+    assert body["active"] is False
+    stored = admin_user(owner, uid)
+    assert stored["email"] == "pia.p@example.com"
+    assert stored["state"] == "preserved"
+
+
 def test_reassignment_after_delete_restores_the_same_user(scim: Scim, owner: TestClient) -> None:
     uid = scim("POST", "/Users", new_user("eve@example.com")).json()["id"]
     assert scim("DELETE", f"/Users/{uid}").status_code == 204

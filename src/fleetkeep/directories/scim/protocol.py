@@ -180,10 +180,13 @@ def _nesting(text: str) -> int:
 
 def parse_patch(model: type[R], data: dict[str, Any]) -> PatchOp[R]:
     operations = data.get("Operations")
-    if isinstance(operations, list) and len(operations) > MAX_PATCH_OPERATIONS:
-        raise ScimError(400, f"at most {MAX_PATCH_OPERATIONS} operations per PATCH", "invalidValue")
     if isinstance(operations, list):
-        data = {**data, "Operations": [_tolerate_operation(op) for op in operations]}
+        operations = [t for op in operations for t in _tolerate_operation(op)]
+        if len(operations) > MAX_PATCH_OPERATIONS:
+            raise ScimError(
+                400, f"at most {MAX_PATCH_OPERATIONS} operations per PATCH", "invalidValue"
+            )
+        data = {**data, "Operations": operations}
     try:
         patch: PatchOp[R] = PatchOp[model].model_validate(  # type: ignore[valid-type]
             data, scim_ctx=Context.RESOURCE_PATCH_REQUEST, scim_policy=POLICY
@@ -227,18 +230,30 @@ def _manager(value: Any) -> Any:
     return value
 
 
-def _tolerate_operation(operation: Any) -> Any:
+def _tolerate_operation(operation: Any) -> list[Any]:
+    """The operation as the RFC would have it (Entra ID's shapes made explicit).
+
+    A path-less ``add``/``replace`` whose value names a filtered path
+    (``{"emails[type eq \"work\"].value": "x"}``) becomes one operation per such key, so the
+    value is applied rather than ignored.
+    """
     if not isinstance(operation, dict):
-        return operation
+        return [operation]
     value = operation.get("value")
     path = operation.get("path")
     if isinstance(path, str) and path.lower().endswith("manager") and value is not None:
-        return {**operation, "value": _manager(value)}
+        return [{**operation, "value": _manager(value)}]
     if isinstance(value, str) and value.lower() in {"true", "false"}:
-        return {**operation, "value": value.lower() == "true"}
+        return [{**operation, "value": value.lower() == "true"}]
     if isinstance(value, dict):
-        return {**operation, "value": _tolerate_clients(value)}
-    return operation
+        filtered = {k: v for k, v in value.items() if isinstance(k, str) and "[" in k}
+        plain = {k: v for k, v in value.items() if k not in filtered}
+        expanded = [
+            _tolerate_operation({**operation, "path": k, "value": v}) for k, v in filtered.items()
+        ]
+        rest = [{**operation, "value": _tolerate_clients(plain)}] if plain or not filtered else []
+        return rest + [op for ops in expanded for op in ops]
+    return [operation]
 
 
 # Responses ------------------------------------------------------------------------------------
