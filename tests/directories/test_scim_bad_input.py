@@ -13,7 +13,14 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.directories.scim_support import ERROR_SCHEMA, USER_SCHEMA, new_user, patch, prepare
+from tests.directories.scim_support import (
+    ERROR_SCHEMA,
+    GROUP_SCHEMA,
+    USER_SCHEMA,
+    new_user,
+    patch,
+    prepare,
+)
 
 ENTERPRISE = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User"
 
@@ -31,6 +38,17 @@ def uid(scim: TestClient) -> str:
     assert made.status_code == 201, made.text
     user_id: str = made.json()["id"]
     return user_id
+
+
+@pytest.fixture
+def gid(scim: TestClient, uid: str) -> str:
+    made = scim.post(
+        "/scim/v2/Groups",
+        json={"schemas": [GROUP_SCHEMA], "displayName": "Base", "members": [{"value": uid}]},
+    )
+    assert made.status_code == 201, made.text
+    group_id: str = made.json()["id"]
+    return group_id
 
 
 def error_of(response: Any, status: int) -> dict[str, Any]:
@@ -181,7 +199,15 @@ OPERATION = st.fixed_dictionaries(
     {"op": st.sampled_from(["add", "replace", "remove", "Add", "Replace", "Remove", "move"])},
     optional={
         "path": st.one_of(
-            st.sampled_from([*ATTRIBUTES, 'emails[type eq "work"].value', "members", "active"]),
+            st.sampled_from(
+                [
+                    *ATTRIBUTES,
+                    'emails[type eq "work"].value',
+                    "members",
+                    'members[value eq "1"]',
+                    "active",
+                ]
+            ),
             st.text(max_size=20),
         ),
         "value": JSON_VALUES | st.sampled_from(["True", "False"]),
@@ -200,13 +226,20 @@ OPERATION = st.fixed_dictionaries(
     sort_by=st.sampled_from([None, *ATTRIBUTES]),
 )
 def test_random_filters_and_patches_never_cause_a_server_error(
-    scim: TestClient, uid: str, text: str, operations: list[dict[str, Any]], sort_by: str | None
+    scim: TestClient,
+    uid: str,
+    gid: str,
+    text: str,
+    operations: list[dict[str, Any]],
+    sort_by: str | None,
 ) -> None:
     params = {"filter": text} | ({"sortBy": sort_by} if sort_by else {})
-    listed = scim.get("/scim/v2/Users", params=params)
-    assert listed.status_code < 500, (text, listed.text)
+    for endpoint in ("Users", "Groups"):
+        listed = scim.get(f"/scim/v2/{endpoint}", params=params)
+        assert listed.status_code < 500, (text, listed.text)
     body = {"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": operations}
-    patched = scim.patch(f"/scim/v2/Users/{uid}", json=body)
-    assert patched.status_code < 500, (operations, patched.text)
-    if patched.status_code >= 400:
-        assert patched.json()["schemas"] == [ERROR_SCHEMA]
+    for path in (f"Users/{uid}", f"Groups/{gid}"):
+        patched = scim.patch(f"/scim/v2/{path}", json=body)
+        assert patched.status_code < 500, (path, operations, patched.text)
+        if patched.status_code >= 400:
+            assert patched.json()["schemas"] == [ERROR_SCHEMA]
