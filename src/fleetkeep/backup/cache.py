@@ -15,13 +15,21 @@ import blake3
 
 from fleetkeep.backup.crypto import ID_BYTES
 
-_VERSION = 2
-# (size, mtime ns, ctime ns, inode) and the file's blob ids.
-Entry = tuple[tuple[int, int, int, int], list[bytes]]
+_VERSION = 4
+# (size, mtime ns, ctime ns, inode), the file's blob ids concatenated (split only on a hit, so
+# loading the cache is a single marshal.loads) and its xattrs (ctime moves when they change,
+# so an unchanged file needs no listxattr).
+Entry = tuple[tuple[int, int, int, int], bytes, dict[bytes, bytes]]
+# A directory: the digest of its entries' lstat (and subtree ids), and its tree id.
+DirEntry = tuple[bytes, bytes]
 
 
 def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+def _split(ids: bytes) -> list[bytes]:
+    return [ids[i : i + ID_BYTES] for i in range(0, len(ids), ID_BYTES)]
 
 
 class FilesCache:
@@ -31,8 +39,10 @@ class FilesCache:
         self.path = path
         self._old: dict[bytes, Entry] = {}
         self._new: dict[bytes, Entry] = {}
+        self._old_dirs: dict[bytes, DirEntry] = {}
+        self._new_dirs: dict[bytes, DirEntry] = {}
         if path is not None:
-            self._old = _load(path)
+            self._old, self._old_dirs = _load(path)
 
     @classmethod
     def for_device(cls, cache_dir: Path | None, repository_id: str, device: str) -> FilesCache:
@@ -47,32 +57,56 @@ class FilesCache:
         if hit is None or hit[0] != stat_key(st):
             return None
         self._new[path] = hit
-        return hit[1]
+        return _split(hit[1])
 
-    def record(self, path: bytes, st: os.stat_result, content: list[bytes]) -> None:
-        self._new[path] = (stat_key(st), content)
+    def peek(self, path: bytes, st: os.stat_result) -> list[bytes] | None:
+        """Like ``lookup``, without recording the file as seen (``keep`` does that)."""
+        hit = self._old.get(path)
+        if hit is None or hit[0] != stat_key(st):
+            return None
+        return _split(hit[1])
+
+    def xattrs(self, path: bytes, st: os.stat_result) -> dict[bytes, bytes] | None:
+        """The xattrs of an unchanged file, or None when it is new or changed."""
+        hit = self._old.get(path)
+        if hit is None or hit[0] != stat_key(st):
+            return None
+        return hit[2]
+
+    def keep(self, path: bytes) -> None:
+        """Record a file ``peek`` found unchanged as seen again."""
+        self._new[path] = self._old[path]
+
+    def record(
+        self, path: bytes, st: os.stat_result, content: list[bytes], xattrs: dict[bytes, bytes]
+    ) -> None:
+        self._new[path] = (stat_key(st), b"".join(content), xattrs)
+
+    def lookup_dir(self, path: bytes, key: bytes) -> bytes | None:
+        """The tree id of a directory whose entries digest to ``key`` last time."""
+        hit = self._old_dirs.get(path)
+        return hit[1] if hit is not None and hit[0] == key else None
+
+    def record_dir(self, path: bytes, key: bytes, tree_id: bytes) -> None:
+        self._new_dirs[path] = (key, tree_id)
 
     def save(self) -> None:
-        """Keep only files seen in this backup, so deleted files leave the cache."""
+        """Keep only files and directories seen in this backup, so deleted ones leave."""
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        doc = (_VERSION, {k: (key, b"".join(ids)) for k, (key, ids) in self._new.items()})
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_bytes(marshal.dumps(doc))
+        tmp.write_bytes(marshal.dumps((_VERSION, self._new, self._new_dirs)))
         os.replace(tmp, self.path)
 
 
-def _load(path: Path) -> dict[bytes, Entry]:
+def _load(path: Path) -> tuple[dict[bytes, Entry], dict[bytes, DirEntry]]:
     # marshal: the fastest stdlib codec for plain tuples/dicts/bytes (20,000 files load in
     # a few ms, JSON took ~0.3 s). The file is local and ours; anything odd is ignored.
     try:
-        version, files = marshal.loads(path.read_bytes())  # noqa: S302 (our own local file)
-        if version != _VERSION:
-            return {}
-        return {
-            k: (key, [ids[i : i + ID_BYTES] for i in range(0, len(ids), ID_BYTES)])
-            for k, (key, ids) in files.items()
-        }
+        version, files, dirs = marshal.loads(path.read_bytes())  # noqa: S302 (our own file)
     except (OSError, ValueError, EOFError, TypeError):
-        return {}
+        return {}, {}
+    if version != _VERSION or not isinstance(files, dict) or not isinstance(dirs, dict):
+        return {}, {}
+    return files, dirs

@@ -8,7 +8,7 @@ fetches one blob with one range read.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from fleetkeep.backup.crypto import ID_BYTES, BlobType, Crypto, ObjectKind, content_name
 from fleetkeep.backup.errors import IntegrityError
@@ -19,8 +19,9 @@ _TRAILER = struct.Struct("<I")
 _HEADER_MAGIC = b"FKPH\x01"
 
 
-@dataclass(frozen=True, slots=True)
-class PackEntry:
+class PackEntry(NamedTuple):
+    """A named tuple: an index load makes one per blob, and tuples are built in C."""
+
     blob_type: BlobType
     blob_id: bytes
     offset: int
@@ -39,10 +40,9 @@ def decode_entries(raw: bytes | memoryview, what: str) -> list[PackEntry]:
     if len(raw) % _ENTRY.size:
         raise IntegrityError(f"{what}: entry table has a partial entry")
     try:
-        return [
-            PackEntry(_BLOB_TYPES[t], blob_id, offset, length)
-            for t, blob_id, offset, length in _ENTRY.iter_unpack(raw)
-        ]
+        types = _BLOB_TYPES
+        new = PackEntry._make
+        return [new((types[t], i, o, n)) for t, i, o, n in _ENTRY.iter_unpack(raw)]
     except KeyError as exc:
         raise IntegrityError(f"{what}: unknown blob type {exc.args[0]}") from None
 
