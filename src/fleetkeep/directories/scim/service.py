@@ -21,7 +21,7 @@ from typing import Any
 
 from scim2_models import Context, GroupMember, GroupMembership, PatchOp, SearchRequest
 from scim2_models.path.expressions import CompareOperator, Comparison, FilterNode, LogicalExpr
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import Select, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from fleetkeep.alerts.service import raise_alert, resolve_alert
@@ -347,8 +347,10 @@ def _adopt(session: Session, user: User, email: str) -> None:
 
 
 def get_user(session: Session, user_id: str, base_url: str) -> Stored:
-    user, row = _load_user(session, user_id)
-    groups = _memberships(session, [user.id]).get(user.id, [])
+    found = _users_with_groups(session, _user_query(user_id)) if user_id.isdigit() else []
+    if not found:
+        raise ScimError(404, f"User {user_id} not found")
+    user, row, groups = found[0]
     return Stored(_user_resource(user, row, groups, base_url), row.version, user, row, groups)
 
 
@@ -387,7 +389,10 @@ def patch_user(
 
 def delete_user(session: Session, actor: Actor, user_id: str, if_match: str | None = None) -> None:
     """DELETE releases the user from SCIM and preserves it; the data stays."""
-    user, row = _load_user(session, user_id)
+    found = _users_with_groups(session, _user_query(user_id)) if user_id.isdigit() else []
+    if not found:
+        raise ScimError(404, f"User {user_id} not found")
+    user, row, _ = found[0]
     check_if_match(if_match, row.version)
     if user.state is UserState.ACTIVE:
         identity.change_state(session, actor, user, UserState.PRESERVED, by=SOURCE)
@@ -413,9 +418,10 @@ def search_users(
             query = query.where(User.id == int(value))
         else:
             return []
-    rows = [(row[0], row[1]) for row in session.execute(query)]
-    groups = _memberships(session, [user.id for user, _ in rows])
-    resources = [_user_resource(u, r, groups.get(u.id, []), base_url) for u, r in rows]
+    resources = [
+        _user_resource(user, row, groups, base_url)
+        for user, row, groups in _users_with_groups(session, query)
+    ]
     return _select(resources, search)
 
 
@@ -449,17 +455,12 @@ def _indexed_term(node: FilterNode | None, indexed: frozenset[str]) -> tuple[str
     return None
 
 
-def _load_user(session: Session, user_id: str) -> tuple[User, ScimUser]:
-    if not user_id.isdigit():
-        raise ScimError(404, f"User {user_id} not found")
-    found = session.execute(
+def _user_query(user_id: str) -> Select[User, ScimUser]:
+    return (
         select(User, ScimUser)
         .join(ScimUser, ScimUser.user_id == User.id)
         .where(User.id == int(user_id))
-    ).first()
-    if found is None:
-        raise ScimError(404, f"User {user_id} not found")
-    return found[0], found[1]
+    )
 
 
 def _save_user(
@@ -555,22 +556,22 @@ def _user_resource(
     return resource
 
 
-def _memberships(session: Session, user_ids: Sequence[int]) -> dict[int, list[GroupMembership]]:
-    found: dict[int, list[GroupMembership]] = {}
-    if not user_ids:
-        return found
-    for chunk in _chunks(list(user_ids), 500):
-        rows = session.execute(
-            select(ScimGroupMember.user_id, ScimGroup.id, ScimGroup.display_name)
-            .join(ScimGroup, ScimGroup.id == ScimGroupMember.group_id)
-            .where(ScimGroupMember.user_id.in_(chunk))
-            .order_by(ScimGroup.id)
-        )
-        for user_id, group_id, name in rows:
-            found.setdefault(user_id, []).append(
-                GroupMembership(value=str(group_id), display=name, type="direct")
-            )
-    return found
+def _users_with_groups(
+    session: Session, query: Select[User, ScimUser]
+) -> list[tuple[User, ScimUser, list[GroupMembership]]]:
+    """The users the query selects, each with its SCIM groups, in one round trip."""
+    joined = (
+        query.add_columns(ScimGroup.id, ScimGroup.display_name)
+        .outerjoin(ScimGroupMember, ScimGroupMember.user_id == User.id)
+        .outerjoin(ScimGroup, ScimGroup.id == ScimGroupMember.group_id)
+        .order_by(ScimGroup.id)
+    )
+    found: dict[int, tuple[User, ScimUser, list[GroupMembership]]] = {}
+    for user, row, group_id, name in session.execute(joined):
+        entry = found.setdefault(user.id, (user, row, []))
+        if group_id is not None:
+            entry[2].append(GroupMembership(value=str(group_id), display=name, type="direct"))
+    return list(found.values())
 
 
 # Groups ---------------------------------------------------------------------------------------
@@ -816,8 +817,3 @@ def counts(session: Session) -> dict[str, int]:
         "users": session.scalar(select(func.count()).select_from(ScimUser)) or 0,
         "groups": session.scalar(select(func.count()).select_from(ScimGroup)) or 0,
     }
-
-
-def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
