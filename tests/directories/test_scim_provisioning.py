@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleetkeep.audit.service import SYSTEM
@@ -508,6 +509,27 @@ def test_token_expiry_alert_opens_14_days_ahead_and_closes_on_regenerate(
     assert "regenerate" in alerts[0].message
     service.create_token(db, SYSTEM, regenerate=True)
     assert list_alerts(db, type="scim_token_expiry") == []
+
+
+def test_token_lives_365_days_by_default_and_only_its_hash_is_stored(db: Session) -> None:
+    from fleetkeep.directories.scim import service
+    from fleetkeep.directories.scim.models import ScimToken
+    from fleetkeep.tokens import hash_token
+
+    plain, token = service.create_token(db, SYSTEM)
+    assert token.expires_at - token.created_at == timedelta(days=365)
+    stored = db.scalars(select(ScimToken)).one()
+    assert stored.token_hash == hash_token(plain)
+    assert plain not in {stored.token_hash, stored.prefix}
+    assert service.check_token_expiry(db, now=token.expires_at - timedelta(days=15)) is None
+    warned = service.check_token_expiry(db, now=token.expires_at - timedelta(days=14))
+    assert warned is not None
+
+
+def test_unsafe_user_name_characters_become_underscores() -> None:
+    from fleetkeep.directories.scim.protocol import sanitize_username
+
+    assert sanitize_username("a?b*c/d\\e<f>g@x.org") == "a_b_c_d_e_f_g@x.org"
 
 
 def test_cli_makes_shows_and_regenerates_the_token_and_adds_mappings(
