@@ -29,7 +29,7 @@ from fleetkeep.audit.service import Actor, record
 from fleetkeep.db import utcnow
 from fleetkeep.deployment import abuse, tokens
 from fleetkeep.deployment.authkeys import check_auth_key, consume_auth_key
-from fleetkeep.deployment.devices import COUNTED_STATES, DEVICE_TOKEN_PREFIX, live_devices_of
+from fleetkeep.deployment.devices import COUNTED_STATES, DEVICE_TOKEN_PREFIX
 from fleetkeep.deployment.directory import (
     DirectoryCandidate,
     find_candidate,
@@ -295,16 +295,15 @@ def _candidate_profile(d: Decision) -> int:
 
 
 def _device(session: Session, req: ActivationRequest, d: Decision) -> None:
-    existing = _same_hardware(session, req)
     user_id = d.user.id if d.user is not None else None
+    # One read answers the hardware match, the hostname match, the limit and replacement.
+    existing, live = _known_devices(session, req, user_id)
     if existing is not None and existing.user_id != user_id:
         raise d.refuse(
             "device identity",
             "device_claimed",
             f"serial/UUID of this device belongs to device {existing.id} of another user",
         )
-    # One read of the user's live devices answers the hostname match, the limit and replacement.
-    live = live_devices_of(session, user_id) if user_id is not None else []
     if existing is None and not (req.serial_key or req.uuid_key):
         existing = next(
             (
@@ -363,18 +362,30 @@ def _find_replaced(d: Decision, live: list[Device]) -> None:
         d.note("replacement", "match", f"device {old.id} ({old.name}) is marked for replacement")
 
 
-def _same_hardware(session: Session, req: ActivationRequest) -> Device | None:
-    keys = []
+def _known_devices(
+    session: Session, req: ActivationRequest, user_id: int | None
+) -> tuple[Device | None, list[Device]]:
+    """(the device with this hardware's UUID or serial, the user's live devices by id)."""
+    wanted = []
     if req.uuid_key:
-        keys.append(Device.uuid_key == req.uuid_key)
+        wanted.append(Device.uuid_key == req.uuid_key)
     if req.serial_key:
-        keys.append(Device.serial_key == req.serial_key)
-    if not keys:
-        return None
-    found = list(session.scalars(select(Device).where(or_(*keys))))
+        wanted.append(Device.serial_key == req.serial_key)
+    if user_id is not None:
+        wanted.append(and_(Device.user_id == user_id, Device.state != DeviceState.DECOMMISSIONED))
+    if not wanted:
+        return None, []
+    found = list(session.scalars(select(Device).where(or_(*wanted)).order_by(Device.id)))
+    live = [x for x in found if x.user_id == user_id and x.state is not DeviceState.DECOMMISSIONED]
+    hardware = [
+        x
+        for x in found
+        if (req.uuid_key and x.uuid_key == req.uuid_key)
+        or (req.serial_key and x.serial_key == req.serial_key)
+    ]
     # A UUID match outranks a serial match (serials are less unique across vendors).
-    found.sort(key=lambda x: x.uuid_key != req.uuid_key)
-    return found[0] if found else None
+    hardware.sort(key=lambda x: x.uuid_key != req.uuid_key)
+    return (hardware[0] if hardware else None), live
 
 
 def _device_mapping(session: Session, req: ActivationRequest) -> DeviceMapping | None:

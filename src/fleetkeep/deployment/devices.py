@@ -93,16 +93,6 @@ def list_devices(
     return list(session.scalars(query))
 
 
-def live_devices_of(session: Session, user_id: int) -> list[Device]:
-    return list(
-        session.scalars(
-            select(Device)
-            .where(Device.user_id == user_id, Device.state != DeviceState.DECOMMISSIONED)
-            .order_by(Device.id)
-        )
-    )
-
-
 def count_by_state(session: Session) -> dict[str, int]:
     counts = {state.value: 0 for state in DeviceState}
     for state, n in session.execute(select(Device.state, func.count()).group_by(Device.state)):
