@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import random
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -167,3 +168,11 @@ def make_tree(root: Path) -> None:
     os.symlink("report.txt", root / "Documents" / "latest")
     (root / ".cache").mkdir()
     (root / ".cache" / "junk.bin").write_bytes(os.urandom(50_000))
+
+
+def assert_nothing_resent(backup_output: str) -> None:
+    """An unchanged re-backup sends no file data. (A tree or two may be new: the directories
+    above the backed-up folder, such as the shared /tmp, change under other tests.)"""
+    match = re.search(r"(\d+) objects \(([\d.]+) (B|KB)\) uploaded", backup_output)
+    assert match is not None, backup_output
+    assert match.group(3) == "B" or float(match.group(2)) < 4, backup_output

@@ -11,7 +11,14 @@ from pathlib import Path
 
 from tests.backup.trees import describe
 from tests.support.servers import ServerProcess, run_cli
-from tests.vault.agents import make_tree, new_agent, random_tree, setup_org, wait_for
+from tests.vault.agents import (
+    assert_nothing_resent,
+    make_tree,
+    new_agent,
+    random_tree,
+    setup_org,
+    wait_for,
+)
 
 
 def test_backup_restores_byte_identical_and_an_unchanged_rebackup_uploads_nothing(
@@ -25,7 +32,7 @@ def test_backup_restores_byte_identical_and_an_unchanged_rebackup_uploads_nothin
     first = ann.ok("backup")
     assert "snapshot" in first, first
     again = ann.ok("backup")
-    assert "0 objects (0 B) uploaded" in again, again
+    assert_nothing_resent(again)
 
     listed = json.loads(ann.ok("snapshots", "--json"))
     assert len(listed) == 2

@@ -1,4 +1,5 @@
-"""The same backup and restore with the user's repository in S3 (moto in server mode)."""
+"""The same backup and restore with the user's repository in S3 (moto in server mode), packs
+uploaded by the agent straight to S3 on pre-signed URLs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,13 @@ from fleetkeep.backup.stores.s3 import S3Store
 from tests.backup.trees import describe
 from tests.conftest import create_pg_database, drop_pg_database
 from tests.support.servers import ServerProcess, free_port, start_server
-from tests.vault.agents import make_tree, new_agent, repository_key, setup_org
+from tests.vault.agents import (
+    assert_nothing_resent,
+    make_tree,
+    new_agent,
+    repository_key,
+    setup_org,
+)
 
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 
@@ -56,7 +63,11 @@ def test_backup_to_s3_restores_byte_identical_and_checks_clean(
     ann = new_agent(tmp_path, s3_server, org, "ann@example.com", "ANN-PC")
     make_tree(ann.home)
     ann.ok("backup", "--quiet")
-    assert "0 objects (0 B) uploaded" in ann.ok("backup", "--quiet")
+    # Packs went straight to S3 on pre-signed URLs; only index files passed the server.
+    log = s3_server.log()
+    assert "/direct-uploads/confirm" in log
+    assert "/objects/packs/" not in log
+    assert_nothing_resent(ann.ok("backup", "--quiet"))
     out = tmp_path / "out"
     ann.ok("restore", "--target", str(out))
     (ann.home / ".cache" / "junk.bin").unlink()

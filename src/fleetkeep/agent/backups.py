@@ -154,6 +154,7 @@ def _run_backup(
         api = VaultApi(client, limiter=upload_limit(policy, limit_kbps))
         begun = api.begin()
         session_id = int(begun["session_id"])
+        api.direct = bool(begun.get("direct_upload"))
         store = RemoteStore(api, session_id)
         last_sent = 0.0
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from fleetkeep.agent.client import DeviceClient, ServerRefused
+from fleetkeep.agent.client import TIMEOUT, DeviceClient, ServerRefused
 from fleetkeep.backup.errors import BackupError, ObjectNotFound
 from fleetkeep.backup.stores.base import ObjectInfo, Store, check_name
 
@@ -108,6 +108,8 @@ class VaultApi:
         self.client = client
         self.backoff = backoff or Backoff.from_env()
         self.limiter = limiter
+        # Set from the session's answer: packs go straight to the store (S3).
+        self.direct = False
 
     def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         def once() -> httpx.Response:
@@ -129,8 +131,26 @@ class VaultApi:
     def upload(self, session_id: int, name: str, data: bytes) -> bool:
         if self.limiter is not None:
             self.limiter.take(len(data))
+        if self.direct and name.startswith("packs/"):
+            return self._upload_direct(session_id, name, data)
         answer = self.json("PUT", f"{SESSIONS}/{session_id}/objects/{name}", content=data)
         return bool(answer["stored"])
+
+    def _upload_direct(self, session_id: int, name: str, data: bytes) -> bool:
+        base = f"{SESSIONS}/{session_id}/direct-uploads"
+        url = self.json("POST", base, json={"name": name, "size": len(data)})["url"]
+        if url is None:
+            return False
+
+        def put() -> None:
+            # Never the device token: the URL carries its own short-lived authorization.
+            response = httpx.put(url, content=data, timeout=TIMEOUT)
+            if not response.is_success:
+                self.client.raise_refusal(response)
+
+        retrying(put, self.backoff)
+        self.json("POST", f"{base}/confirm", json={"name": name})
+        return True
 
     def commit(self, session_id: int, snapshot_id: str, sealed: bytes) -> dict[str, Any]:
         answer: dict[str, Any] = self.json(

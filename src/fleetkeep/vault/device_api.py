@@ -27,6 +27,9 @@ from fleetkeep.vault import catalogue, sessions
 from fleetkeep.vault.errors import ObjectTooLarge
 from fleetkeep.vault.schemas import (
     AbortIn,
+    ConfirmIn,
+    DirectUploadIn,
+    DirectUploadOut,
     ObjectOut,
     ObjectPage,
     ProgressIn,
@@ -59,6 +62,7 @@ def begin(device: CurrentDevice, session: DbSession, keyring: AppKeyring) -> Ses
         used_bytes=begun.used_bytes,
         quota_bytes=begun.quota_bytes,
         max_object_bytes=sessions.MAX_OBJECT_BYTES,
+        direct_upload=begun.direct_upload,
     )
 
 
@@ -93,6 +97,23 @@ async def upload(
         _committing, session, sessions.upload_object, device, session_id, name, data, digest
     )
     return UploadOut(name=name, stored=stored)
+
+
+@router.post("/backup-sessions/{session_id}/direct-uploads")
+def direct_upload(
+    session_id: int, body: DirectUploadIn, device: CurrentDevice, session: DbSession
+) -> DirectUploadOut:
+    """With an S3 store: a pre-signed URL to PUT one pack, so its bytes bypass the server."""
+    url = _committing(session, sessions.direct_upload_url, device, session_id, body.name, body.size)
+    return DirectUploadOut(url=url)
+
+
+@router.post("/backup-sessions/{session_id}/direct-uploads/confirm")
+def confirm_direct_upload(
+    session_id: int, body: ConfirmIn, device: CurrentDevice, session: DbSession
+) -> UploadOut:
+    sessions.confirm_direct_upload(session, device, session_id, body.name)
+    return UploadOut(name=body.name, stored=True)
 
 
 @router.put("/backup-sessions/{session_id}/snapshot/{snapshot_id}")

@@ -14,6 +14,9 @@ class SessionBegun(BaseModel):
     used_bytes: int
     quota_bytes: int = Field(description="0 = unlimited")
     max_object_bytes: int
+    direct_upload: bool = Field(
+        description="packs may go straight to the store (POST …/direct-uploads)"
+    )
 
 
 class RepositoryKey(BaseModel):
@@ -92,3 +95,16 @@ class SessionOut(BaseModel):
 class RestoreOutcomeIn(BaseModel):
     status: str = Field(pattern="^(done|failed)$")
     detail: str = Field(default="", max_length=1000)
+
+
+class DirectUploadIn(BaseModel):
+    name: str
+    size: int
+
+
+class DirectUploadOut(BaseModel):
+    url: str | None = Field(description="PUT the pack here; null when it is already stored")
+
+
+class ConfirmIn(BaseModel):
+    name: str

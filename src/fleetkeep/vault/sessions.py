@@ -30,6 +30,7 @@ from fleetkeep.backup.errors import IntegrityError as SealBroken
 from fleetkeep.backup.repository import CONFIG
 from fleetkeep.backup.stores import Store
 from fleetkeep.backup.stores.base import InvalidName, check_name
+from fleetkeep.backup.stores.s3 import S3Store
 from fleetkeep.db import utcnow
 from fleetkeep.deployment.models import Device
 from fleetkeep.deployment.replacement import restore_plan_of
@@ -37,7 +38,7 @@ from fleetkeep.errors import NotFound
 from fleetkeep.identity.models import StorageRegion, User
 from fleetkeep.keys.service import Keyring, get_user_dek
 from fleetkeep.keys.subkeys import derive_subkeys
-from fleetkeep.vault.errors import ObjectRejected, QuotaExceeded, SessionClosed
+from fleetkeep.vault.errors import ObjectRejected, ObjectTooLarge, QuotaExceeded, SessionClosed
 from fleetkeep.vault.models import BackupSession, SessionState, SnapshotRecord, StorageUsage
 from fleetkeep.vault.repositories import open_user_repository, store_for_region
 
@@ -136,6 +137,7 @@ class Begun:
     dek: bytes
     used_bytes: int
     quota_bytes: int
+    direct_upload: bool
 
 
 def begin_session(session: Session, keyring: Keyring, device: Device) -> Begun:
@@ -162,7 +164,7 @@ def begin_session(session: Session, keyring: Keyring, device: Device) -> Begun:
     session.add(row)
     session.flush()
     log.info("backup session begun", extra={"device_id": device.id, "session_id": row.id})
-    return Begun(row, dek, stored_bytes(session, user.id), user.quota_bytes)
+    return Begun(row, dek, stored_bytes(session, user.id), user.quota_bytes, direct_uploads(store))
 
 
 def open_session(session: Session, device: Device, session_id: int) -> BackupSession:
@@ -217,6 +219,52 @@ def upload_object(
     row.uploaded_objects += 1
     row.uploaded_bytes += len(data)
     return True
+
+
+def direct_uploads(store: Store) -> bool:
+    """Whether agents may put packs straight into the store (S3: pre-signed URLs)."""
+    return isinstance(store, S3Store)
+
+
+def direct_upload_url(
+    session: Session, device: Device, session_id: int, name: str, size: int
+) -> str | None:
+    """A pre-signed URL for the agent to PUT one pack straight into S3, sparing the server the
+    data; None when the pack is already there. The quota is checked here, the bytes counted
+    at :func:`confirm_direct_upload`. The server cannot hash what it never sees: a wrong pack
+    can only damage its own user's repository, and AEAD plus ``check --read-data`` catch it."""
+    row = open_session(session, device, session_id)
+    check_upload_name(name)
+    if not name.startswith("packs/"):
+        raise ObjectRejected(f"{name}: only packs are uploaded directly")
+    if not 0 < size <= MAX_OBJECT_BYTES:
+        raise ObjectTooLarge(f"objects are limited to {MAX_OBJECT_BYTES} bytes")
+    store = user_store(session, device.user)
+    if not isinstance(store, S3Store):
+        raise ObjectRejected("direct uploads need an S3 store", code="direct_upload_unavailable")
+    row.last_activity_at = utcnow()
+    if store.exists(name):
+        return None
+    try:
+        _check_quota(session, device.user, size)
+    except QuotaExceeded as exc:
+        _fail(row, exc.code, exc.detail)
+        raise
+    return store.presigned_put(name)
+
+
+def confirm_direct_upload(session: Session, device: Device, session_id: int, name: str) -> None:
+    """Count a pack the agent put into S3 itself, with the size S3 reports."""
+    row = open_session(session, device, session_id)
+    check_upload_name(name)
+    store = user_store(session, device.user)
+    found = next((o for o in store.list(name) if o.name == name), None)
+    if found is None:
+        raise ObjectRejected(f"{name} is not in the store: upload it first")
+    add_stored_bytes(session, device.user.id, found.size)
+    row.uploaded_objects += 1
+    row.uploaded_bytes += found.size
+    row.last_activity_at = utcnow()
 
 
 def commit_snapshot(

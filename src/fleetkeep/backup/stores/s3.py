@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import boto3
+from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from fleetkeep.backup.errors import ObjectNotFound
@@ -30,7 +31,13 @@ class S3Store(Store):
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self._s3 = client or boto3.client("s3", endpoint_url=endpoint_url, region_name=region_name)
+        # SigV4: pre-signed URLs in SigV2 are refused by most S3 regions and services.
+        self._s3 = client or boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region_name,
+            config=Config(signature_version="s3v4"),
+        )
 
     def _key(self, name: str) -> str:
         return self.prefix + check_name(name)
@@ -79,3 +86,12 @@ class S3Store(Store):
 
     def delete(self, name: str) -> None:
         self._s3.delete_object(Bucket=self.bucket, Key=self._key(name))
+
+    def presigned_put(self, name: str, expires_seconds: int = 900) -> str:
+        """A URL that lets its holder PUT this one object, for a while (direct uploads)."""
+        url: str = self._s3.generate_presigned_url(
+            "put_object",
+            Params={"Bucket": self.bucket, "Key": self._key(name)},
+            ExpiresIn=expires_seconds,
+        )
+        return url
