@@ -330,6 +330,7 @@ def commit_snapshot(
     session.add(record)
     row.state = SessionState.COMMITTED
     row.snapshot_id = snapshot_id
+    row.progress = {**row.progress, **snap.stats}  # the final figures
     row.finished_at = row.last_activity_at = now
     device.last_backup_at = now
     if user.quota_bytes <= 0 or stored_bytes(session, user.id) < user.quota_bytes:
