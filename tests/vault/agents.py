@@ -43,12 +43,16 @@ class Org:
         return int(r.json()["id"])
 
 
-def setup_org(server: ServerProcess, store_url: str, policy: dict[str, Any] | None = None) -> Org:
+def setup_org(
+    server: ServerProcess, store_url: str, policy: dict[str, Any] | None = None, tag: str = ""
+) -> Org:
+    """A profile, a region and a deployment token; ``tag`` keeps names apart on a server that
+    several tests share."""
     admin = server.admin_client()
-    r = admin.post("/api/v1/profiles", json={"name": "Laptops", "policy": policy or {}})
+    r = admin.post("/api/v1/profiles", json={"name": f"Laptops{tag}", "policy": policy or {}})
     assert r.status_code == 201, r.text
     profile = r.json()["id"]
-    r = admin.post("/api/v1/storage-regions", json={"name": "main", "store_url": store_url})
+    r = admin.post("/api/v1/storage-regions", json={"name": f"main{tag}", "store_url": store_url})
     assert r.status_code == 201, r.text
     region = r.json()["id"]
     token = admin.post("/api/v1/deployment-tokens", json={"label": "rollout"}).json()["token"]

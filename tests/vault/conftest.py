@@ -16,6 +16,8 @@ from fleetkeep.identity.models import User
 from fleetkeep.keys.hub import ConnectorHub
 from fleetkeep.keys.service import Keyring
 from fleetkeep.settings import Settings
+from tests.conftest import create_pg_database, drop_pg_database
+from tests.support.servers import ServerProcess, start_server
 
 
 @pytest.fixture
@@ -55,3 +57,22 @@ def make_user(
 @pytest.fixture
 def user(session: Session, blobs: Path) -> User:
     return make_user(session, blobs)
+
+
+@pytest.fixture(scope="module")
+def shared_server(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
+    """One ``fleetkeep serve`` for a whole module (each test uses its own users and names):
+    starting a server is the slowest part of these tests."""
+    base = tmp_path_factory.mktemp("shared-server")
+    url = (
+        f"sqlite:///{base / 'fleetkeep.db'}"
+        if database_url.startswith("sqlite")
+        else create_pg_database("fk_shared")
+    )
+    proc = start_server(base, url)
+    yield proc
+    proc.stop()
+    if not url.startswith("sqlite"):
+        drop_pg_database(url)

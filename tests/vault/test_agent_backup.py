@@ -22,10 +22,11 @@ from tests.vault.agents import (
 
 
 def test_backup_restores_byte_identical_and_an_unchanged_rebackup_uploads_nothing(
-    server: ServerProcess, tmp_path: Path
+    shared_server: ServerProcess, tmp_path: Path
 ) -> None:
-    org = setup_org(server, f"file://{tmp_path / 'blobs'}")
-    org.user("ann@example.com")
+    server = shared_server
+    org = setup_org(server, f"file://{tmp_path / 'blobs'}", tag="-restore")
+    user = org.user("ann@example.com")
     ann = new_agent(tmp_path, server, org, "ann@example.com", "ANN-PC")
     make_tree(ann.home)
 
@@ -46,9 +47,10 @@ def test_backup_restores_byte_identical_and_an_unchanged_rebackup_uploads_nothin
     (ann.home / ".cache").rmdir()
     assert describe(restored) == describe(ann.home)
 
-    catalogue = org.admin.get("/api/v1/snapshots").json()["items"]
+    mine = {"user_id": user}
+    catalogue = org.admin.get("/api/v1/snapshots", params=mine).json()["items"]
     assert [s["snapshot_id"] for s in catalogue] == [s["snapshot_id"] for s in listed]
-    sessions = org.admin.get("/api/v1/backup-sessions").json()["items"]
+    sessions = org.admin.get("/api/v1/backup-sessions", params=mine).json()["items"]
     assert [s["state"] for s in sessions] == ["committed", "committed"]
     cli = run_cli(["snapshots", "list", "--user", "ann@example.com", "--json"], server.env)
     assert [s["snapshot_id"] for s in json.loads(cli.stdout)] == [s["snapshot_id"] for s in listed]
@@ -57,34 +59,39 @@ def test_backup_restores_byte_identical_and_an_unchanged_rebackup_uploads_nothin
 
 
 def test_over_quota_the_agent_fails_clearly_an_alert_is_raised_and_no_snapshot_exists(
-    server: ServerProcess, tmp_path: Path
+    shared_server: ServerProcess, tmp_path: Path
 ) -> None:
-    org = setup_org(server, f"file://{tmp_path / 'blobs'}")
-    org.user("ann@example.com", quota={"value": 1, "unit": "MB"})
-    ann = new_agent(tmp_path, server, org, "ann@example.com", "ANN-PC")
+    server = shared_server
+    org = setup_org(server, f"file://{tmp_path / 'blobs'}", tag="-quota")
+    user = org.user("quinn@example.com", quota={"value": 1, "unit": "MB"})
+    ann = new_agent(tmp_path, server, org, "quinn@example.com", "QUINN-PC")
     random_tree(ann.home, files=2, size=1_000_000, seed=1)
     failed = ann.run("backup", "--quiet")
     assert failed.returncode == 3, failed.stderr
     assert "[quota_exceeded]" in failed.stderr
-    assert "ann@example.com has used" in failed.stderr
+    assert "quinn@example.com has used" in failed.stderr
     alerts = org.admin.get("/api/v1/alerts", params={"type": "quota_exceeded"}).json()["items"]
-    assert [a["subject"] for a in alerts] == [f"user:{alerts[0]['details']['user_id']}"]
-    assert org.admin.get("/api/v1/snapshots").json()["items"] == []
+    assert [a["subject"] for a in alerts] == [f"user:{user}"]
+    mine = {"user_id": user}
+    assert org.admin.get("/api/v1/snapshots", params=mine).json()["items"] == []
     assert json.loads(ann.ok("snapshots", "--json")) == []
-    [session] = org.admin.get("/api/v1/backup-sessions").json()["items"]
+    [session] = org.admin.get("/api/v1/backup-sessions", params=mine).json()["items"]
     assert (session["state"], session["error_code"]) == ("failed", "quota_exceeded")
 
 
 def test_the_daemon_backs_up_on_its_interval_reports_progress_and_restores_a_point_in_time(
-    server: ServerProcess, tmp_path: Path
+    shared_server: ServerProcess, tmp_path: Path
 ) -> None:
+    server = shared_server
     org = setup_org(
         server,
         f"file://{tmp_path / 'blobs'}",
         policy={"folders": ["~/Documents", "~/Missing"], "exclude": ["*.log"]},
+        tag="-daemon",
     )
-    org.user("ann@example.com")
-    ann = new_agent(tmp_path, server, org, "ann@example.com", "ANN-PC")
+    user = org.user("dana@example.com")
+    mine = {"user_id": user}
+    ann = new_agent(tmp_path, server, org, "dana@example.com", "DANA-PC")
     make_tree(ann.home)
     (ann.home / "Documents" / "debug.log").write_text("noise")
     (ann.home / "Music").mkdir()
@@ -93,7 +100,8 @@ def test_the_daemon_backs_up_on_its_interval_reports_progress_and_restores_a_poi
     daemon = ann.popen("run", "--interval", "0.5", "--backup-interval", "1")
 
     def snapshots() -> list[dict[str, object]]:
-        items: list[dict[str, object]] = org.admin.get("/api/v1/snapshots").json()["items"]
+        found = org.admin.get("/api/v1/snapshots", params=mine)
+        items: list[dict[str, object]] = found.json()["items"]
         return items
 
     try:
@@ -106,7 +114,7 @@ def test_the_daemon_backs_up_on_its_interval_reports_progress_and_restores_a_poi
         assert daemon.wait(60) == 0, daemon.communicate()
     listed = snapshots()
     assert listed[-1]["paths"] == [str(ann.home / "Documents")]
-    sessions = org.admin.get("/api/v1/backup-sessions").json()["items"]
+    sessions = org.admin.get("/api/v1/backup-sessions", params=mine).json()["items"]
     assert all("files" in s["progress"] for s in sessions if s["state"] == "committed")
     # Counted from the previous finish: never two backups within the interval.
     times = sorted(datetime.fromisoformat(str(s["committed_at"])) for s in listed)
