@@ -38,6 +38,7 @@ from fleetkeep.errors import NotFound
 from fleetkeep.identity.models import StorageRegion, User
 from fleetkeep.keys.service import Keyring, get_user_dek
 from fleetkeep.keys.subkeys import derive_subkeys
+from fleetkeep.units import format_bytes
 from fleetkeep.vault.errors import ObjectRejected, ObjectTooLarge, QuotaExceeded, SessionClosed
 from fleetkeep.vault.models import BackupSession, SessionState, SnapshotRecord, StorageUsage
 from fleetkeep.vault.repositories import open_user_repository, store_for_region
@@ -95,7 +96,7 @@ def recount_stored_bytes(session: Session, user: User) -> int:
     """Set the user's usage to what their repository really occupies (after prune, or to
     repair counts a crash left behind)."""
     total = sum(o.size for o in user_store(session, user).list(""))
-    add_stored_bytes(session, user.id, 0)
+    add_stored_bytes(session, user.id, 0)  # the row exists from here on
     session.execute(
         update(StorageUsage)
         .where(StorageUsage.user_id == user.id)
@@ -104,8 +105,11 @@ def recount_stored_bytes(session: Session, user: User) -> int:
     return total
 
 
-def _check_quota(session: Session, user: User, adding: int) -> None:
-    """Refuse (and alert) when the user is at or over quota, or ``adding`` would go over."""
+def _check_quota(
+    session: Session, user: User, adding: int, failing: BackupSession | None = None
+) -> None:
+    """Refuse (and alert) when the user is at or over quota, or ``adding`` would go over; the
+    refused session ``failing`` is closed as failed."""
     quota = user.quota_bytes
     if quota <= 0:
         return
@@ -113,19 +117,23 @@ def _check_quota(session: Session, user: User, adding: int) -> None:
     over = used >= quota if adding == 0 else used + adding > quota
     if not over:
         return
+    usage = f"{format_bytes(used)} of {format_bytes(quota)}"
     raise_alert(
         session,
         QUOTA_ALERT,
         quota_subject(user.id),
         Severity.WARNING,
-        f"{user.email} is out of backup storage: {used} of {quota} bytes used",
+        f"{user.email} is out of backup storage: {usage} used",
         {"user_id": user.id, "email": user.email, "used_bytes": used, "quota_bytes": quota},
     )
-    raise QuotaExceeded(
-        f"{user.email} has used {used} of a {quota}-byte quota; the backup cannot continue",
+    refusal = QuotaExceeded(
+        f"{user.email} has used {usage} of their quota; the backup cannot continue",
         used_bytes=used,
         quota_bytes=quota,
     )
+    if failing is not None:
+        _fail(failing, refusal.code, refusal.detail)
+    raise refusal
 
 
 # --- sessions --------------------------------------------------------------------------------
@@ -209,11 +217,7 @@ def upload_object(
     store = user_store(session, device.user)
     if store.exists(name):
         return False
-    try:
-        _check_quota(session, device.user, len(data))
-    except QuotaExceeded as exc:
-        _fail(row, exc.code, exc.detail)
-        raise
+    _check_quota(session, device.user, len(data), failing=row)
     store.put(name, data)
     add_stored_bytes(session, device.user.id, len(data))
     row.uploaded_objects += 1
@@ -245,11 +249,7 @@ def direct_upload_url(
     row.last_activity_at = utcnow()
     if store.exists(name):
         return None
-    try:
-        _check_quota(session, device.user, size)
-    except QuotaExceeded as exc:
-        _fail(row, exc.code, exc.detail)
-        raise
+    _check_quota(session, device.user, size, failing=row)
     return store.presigned_put(name)
 
 
@@ -302,11 +302,7 @@ def commit_snapshot(
         raise ObjectRejected(f"{name}: not a snapshot of this user's repository ({exc})") from None
     store = user_store(session, user)
     if not store.exists(name):
-        try:
-            _check_quota(session, user, len(sealed))
-        except QuotaExceeded as exc:
-            _fail(row, exc.code, exc.detail)
-            raise
+        _check_quota(session, user, len(sealed), failing=row)
         store.put(name, sealed)
         add_stored_bytes(session, user.id, len(sealed))
     now = utcnow()
