@@ -35,7 +35,10 @@ def test_backup_restores_byte_identical_and_an_unchanged_rebackup_uploads_nothin
     again = ann.ok("backup")
     assert_nothing_resent(again)
 
+    status = json.loads(ann.ok("status", "--json"))
     listed = json.loads(ann.ok("snapshots", "--json"))
+    assert status["last_snapshot"] == listed[0]["snapshot_id"]
+    assert status["last_error"] is None
     assert len(listed) == 2
     assert listed[0]["file_count"] == listed[1]["file_count"] == 4
     out = tmp_path / "restored"

@@ -123,11 +123,17 @@ def status(
         "user": current.config.get("user", {}).get("email"),
         "profile": current.config.get("profile", {}).get("name"),
     }
+    schedule = backups.Schedule.load()
+    info |= {
+        "last_backup": schedule.last_finished_at,
+        "last_snapshot": schedule.last_snapshot,
+        "last_error": schedule.last_error,
+    }
     if as_json:
         typer.echo(json.dumps(info))
     else:
         for key, value in info.items():
-            typer.echo(f"{key:>13}: {value}")
+            typer.echo(f"{key:>13}: {value if value is not None else '-'}")
 
 
 @app.command()

@@ -117,7 +117,6 @@ class VaultApi:
             if response.is_success or (method == "HEAD" and response.status_code == 404):
                 return response
             self.client.raise_refusal(response)
-            raise AssertionError("unreachable")
 
         return retrying(once, self.backoff)
 
