@@ -204,7 +204,12 @@ async def storm(urls: list[str], jobs: list[Job], clients: int) -> tuple[Results
     queue: asyncio.Queue[Job] = asyncio.Queue()
     for job in jobs:
         queue.put_nowait(job)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout would close them:
+    # with httpx's default (also 5 s), a request sent on a connection the server is closing
+    # at that moment fails with ReadError, an artefact of the client, not of activation.
+    limits = httpx.Limits(
+        max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=2.0
+    )
     http = [httpx.AsyncClient(base_url=u, limits=limits, timeout=60) for u in urls]
 
     async def worker(index: int) -> None:
@@ -254,7 +259,11 @@ def main() -> None:
             jobs = seed(servers[0], url, args.users, args.devices)
             seeded = time.perf_counter() - t0
             print(f"seeded {args.users} users, {len(jobs)} requests in {seeded:.1f} s")
+            cpu_before = sum(_cpu_seconds(s.process.pid) for s in servers)
+            load_before = os.getloadavg()[0]
             results, elapsed = asyncio.run(storm([s.url for s in servers], jobs, args.clients))
+            server_cpu = sum(_cpu_seconds(s.process.pid) for s in servers) - cpu_before
+            load_after = os.getloadavg()
             engine = create_engine(url)
             with engine.connect() as conn:
                 devices, hosts = conn.execute(
@@ -278,6 +287,14 @@ def main() -> None:
     print(f"throughput  {rps:8.1f} activations/s   target {TARGET_RPS:.0f}   ratio {ratio:.2f}")
     print(f"latency     p50 {p50:.1f} ms   p99 {p99:.1f} ms")
     print(
+        f"server CPU  {server_cpu * 1000 / len(jobs):.2f} ms per activation "
+        f"({server_cpu:.1f} s over {elapsed:.1f} s)"
+    )
+    print(
+        f"load avg    {load_before:.2f} before; {' '.join(f'{x:.2f}' for x in load_after)} "
+        "after (1, 5, 15 min; 2 cores shared with other work)"
+    )
+    print(
         f"errors      {len(results.errors)} unexpected"
         + (f" e.g. {results.errors[:3]}" if results.errors else "")
     )
@@ -289,6 +306,12 @@ def main() -> None:
     print(
         "verdict     " + ("PASS" if ok and rps >= TARGET_RPS else "BELOW TARGET" if ok else "FAIL")
     )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 if __name__ == "__main__":
