@@ -124,13 +124,15 @@ def test_mappings_are_listed_in_priority_order_and_reordered(slapd: Slapd, cli: 
     ou = slapd.new_ou()
     cli(["profiles", "add", "Staff"])
     cli(["regions", "add", "local", "--store-url", "file:///srv/fk"])
-    cli(
-        [
-            "directories", "add", "corp", "--base-dn", ou, "--host", f"127.0.0.1:{slapd.port}",
-            "--bind-dn", slapd.sync_dn(AD_BASE), "--password-stdin",
-        ],
-        stdin=SYNC_PASSWORD + "\n",
-    )  # fmt: skip
+    add = [
+        "directories", "add", "corp", "--base-dn", ou, "--host", f"127.0.0.1:{slapd.port}",
+        "--bind-dn", slapd.sync_dn(AD_BASE), "--password-stdin",
+    ]  # fmt: skip
+    typo = cli([*add, "--settings", '{"pagesize": 50}'], SYNC_PASSWORD + "\n", check=False)
+    assert typo.exit_code != 0
+    assert "unknown setting 'pagesize'" in typo.output
+    cli([*add, "--settings", '{"page_size": 50, "disabled_filter": "(employeeType=gone)"}'],
+        SYNC_PASSWORD + "\n")  # fmt: skip
     for group in ("first", "second"):
         added = cli(
             [

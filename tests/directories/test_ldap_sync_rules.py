@@ -243,11 +243,15 @@ def test_a_directory_that_stops_answering_times_out_and_changes_nothing(
         data_dir,
         own_slapd,
         ou,
-        settings={"page_size": 3, "timeout_seconds": 1},
+        settings={"page_size": 3},
         mappings=[everyone(places)],
     )
     assert sync(factory, data_dir, directory_id).created == 12
     own_slapd.delete(f"cn=t00,{ou}")
+    with transaction(factory) as session:
+        service.update_directory(
+            session, ACTOR, data_dir, directory_id, settings={"timeout_seconds": 1}
+        )
 
     def freeze_after_first_page(what: str, count: int) -> None:
         if what == "users" and count >= 3 and own_slapd.process is not None:

@@ -49,9 +49,23 @@ def add(
     auto_update: Annotated[bool, typer.Option(help="keep name/email/username in step")] = True,
     auto_preserve: Annotated[bool, typer.Option(help="preserve users who leave scope")] = True,
     netbios_domain: Annotated[str, typer.Option(help="e.g. CORP, for DOMAIN\\user look-ups")] = "",
+    extra: Annotated[
+        str | None,
+        typer.Option(
+            "--settings",
+            help='more settings as JSON, e.g. {"disabled_filter": "(employeeType=disabled)"}',
+        ),
+    ] = None,
 ) -> None:
     """Register an AD or LDAP directory (the password is sealed, never shown again)."""
+    try:
+        more = json.loads(extra) if extra else {}
+    except json.JSONDecodeError as exc:
+        fail(f"--settings is not JSON: {exc}", 2)
+    if not isinstance(more, dict):
+        fail("--settings must be a JSON object", 2)
     config: dict[str, Any] = {
+        **more,
         "hosts": host,
         "security": security,
         "bind_dn": bind_dn,

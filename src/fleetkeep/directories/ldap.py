@@ -606,14 +606,23 @@ class _Reader:
             name: str(attrs.get(name) or "").lower()
             for name in ("external_id", "upn", "email", "member_of", "username", "display_name")
         }
+        self.binary_id = self.keys["external_id"] in self.binary
+        self.disabled_attributes = (
+            filter_attributes(self.disabled) if self.disabled is not None else set()
+        )
+        # Attribute names as the server spells them -> lower case (a handful, seen 100,000s
+        # of times).
+        self.names: dict[str, str] = {}
 
     def read(self) -> FetchResult:
         groups = self._groups()
         users = []
         for dn, entry in self._search(self.config.user_filter, self.user_attrs, "users"):
             users.append(self._user(dn, entry))
-        self._apply_group_members(users, groups)
-        parents = self._group_parents(groups)
+        if self.config.attributes.get("member_of"):
+            parents = self._parents_from_member_of(groups)
+        else:
+            parents = self._apply_group_members(users, groups)
         return FetchResult(users, parents, self.warnings)
 
     def _search(
@@ -652,7 +661,7 @@ class _Reader:
                 if dn is None:
                     self.warnings.append(f"ignored a referral to {entry}")
                     continue
-                yield dn, self._complete_ranges(dn, entry)
+                yield dn, self._complete_ranges(dn, entry) if self.ranges_possible else entry
                 count += 1
             if self.progress is not None:
                 self.progress(what, count)
@@ -665,7 +674,7 @@ class _Reader:
 
     def _complete_ranges(self, dn: str, entry: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
         """Follow AD range retrieval (``member;range=0-1499``) until the last range."""
-        ranged = [k for k in entry if ";range=" in k.lower()] if self.ranges_possible else []
+        ranged = [k for k in entry if ";range=" in k.lower()]
         for key in ranged:
             values = entry.pop(key)
             match = _RANGE.match(key)
@@ -709,37 +718,46 @@ class _Reader:
         return groups
 
     def _user(self, dn: str, entry: dict[str, list[bytes]]) -> SourceUser:
-        kept: dict[str, list[str]] = {}  # what mapping rules read, for the sync engine
-        lower: dict[str, list[str]] = {}
-        for key, values in entry.items():
-            name = key.lower()
-            if name in self.binary:
-                lower[name] = [_guid(v) for v in values]
-            else:
-                lower[name] = [v.decode("utf-8", "replace") for v in values]
-            if name in self.rule_attributes:
-                kept[key] = lower[name]
+        """Decode only what a SourceUser holds: first values of single-valued roles, every
+        mail, the groups, and the attributes rules or the disabled filter read."""
+        names = self.names
+        values: dict[str, list[bytes]] = {}
+        for key, raw in entry.items():
+            name = names.get(key)
+            if name is None:
+                name = names[key] = key.lower()
+            values[name] = raw
         keys = self.keys
-        external_id = _first(lower, keys["external_id"])
-        if not external_id:
+        found = values.get(keys["external_id"])
+        if found:
+            external_id = _guid(found[0]) if self.binary_id else _text(found[0])
+        else:
             external_id = f"dn:{normalize_dn(dn)}"
             self.warnings.append(f"{dn} has no {keys['external_id']}; identified by its DN")
-        upn = _first(lower, keys["upn"])
-        mails = lower.get(keys["email"], [])
+        upn = _first_text(values, keys["upn"])
+        mails = [_text(m) for m in values.get(keys["email"], ())]
         if len(mails) > 1:
             # Primary: the address equal to the UPN if there is one, else the first returned.
             mails = sorted(mails, key=lambda m: m.lower() != upn.lower())
-        groups = set(lower.get(keys["member_of"], ())) if keys["member_of"] else set()
+        member_of = values.get(keys["member_of"]) if keys["member_of"] else None
+        groups = {_text(g) for g in member_of} if member_of else set()
+        kept = _NOTHING_KEPT  # what mapping rules read, for the sync engine
+        if self.rule_attributes:
+            kept = {}
+            for key, raw in entry.items():
+                if names[key] in self.rule_attributes:
+                    kept[key] = self._decoded(names[key], raw)
         disabled = False
         if self.disabled is not None:
-            disabled = evaluate_filter(self.disabled, Candidate(dn, lower, frozenset()))
-        username = _first(lower, keys["username"])
+            read = {a: self._decoded(a, values[a]) for a in self.disabled_attributes if a in values}
+            disabled = evaluate_filter(self.disabled, Candidate(dn, read, frozenset()))
+        username = _first_text(values, keys["username"])
         return SourceUser(
             external_id=external_id,
             email=mails[0] if mails else None,
             other_emails=tuple(mails[1:]),
             username=username,
-            display_name=_first(lower, keys["display_name"]),
+            display_name=_first_text(values, keys["display_name"]),
             upn=upn or None,
             dn=dn,
             disabled=disabled,
@@ -749,50 +767,63 @@ class _Reader:
             domain=_dns_domain(dn),
         )
 
+    def _decoded(self, name: str, raw: list[bytes]) -> list[str]:
+        return [_guid(v) for v in raw] if name in self.binary else [_text(v) for v in raw]
+
     def _apply_group_members(
         self, users: list[SourceUser], groups: dict[str, dict[str, list[str]]]
-    ) -> None:
-        """OpenLDAP style: groups list members by DN (member, uniqueMember) or uid (memberUid)."""
-        if self.config.attributes.get("member_of") or not groups:
-            return
+    ) -> dict[str, set[str]]:
+        """OpenLDAP style: groups list members by DN (member, uniqueMember) or uid (memberUid).
+
+        One pass over the member values adds each group to its member users and returns each
+        nested group's parents."""
+        parents: dict[str, set[str]] = {}
+        if not groups:
+            return parents
         by_dn = {normalize_dn(u.dn): u for u in users}
         by_uid = {u.username.lower(): u for u in users if u.username}
-        for group_dn, attrs in groups.items():
-            group = normalize_dn(group_dn)
+        known = {normalize_dn(g): g for g in groups}
+        for group, group_dn in known.items():
+            attrs = groups[group_dn]
             for name in self.config.member_attributes:
-                for value in attrs.get(name.lower(), []):
-                    if name.lower() == "memberuid":
+                key = name.lower()
+                for value in attrs.get(key, ()):
+                    if key == "memberuid":
                         user = by_uid.get(value.lower())
                     else:
                         # uniqueMember may carry "#'0101'B" (a unique id) after the DN.
-                        user = by_dn.get(normalize_dn(value.split("#", 1)[0]))
+                        member = normalize_dn(value.split("#", 1)[0] if "#" in value else value)
+                        user = by_dn.get(member)
+                        if user is None and member in known:
+                            parents.setdefault(member, set()).add(group)
                     if user is not None:
                         user.groups.add(group)
+        return parents
 
-    def _group_parents(self, groups: dict[str, dict[str, list[str]]]) -> dict[str, set[str]]:
+    def _parents_from_member_of(
+        self, groups: dict[str, dict[str, list[str]]]
+    ) -> dict[str, set[str]]:
+        """AD style: each group lists the groups it is in (``memberOf``)."""
+        member_of = str(self.config.attributes["member_of"]).lower()
         parents: dict[str, set[str]] = {}
-        member_of = self.config.attributes.get("member_of")
-        if member_of:
-            for group_dn, attrs in groups.items():
-                found = attrs.get(str(member_of).lower(), [])
-                if found:
-                    parents[normalize_dn(group_dn)] = {normalize_dn(p) for p in found}
-            return parents
-        known = {normalize_dn(g) for g in groups}
         for group_dn, attrs in groups.items():
-            for name in self.config.member_attributes:
-                if name.lower() == "memberuid":
-                    continue
-                for value in attrs.get(name.lower(), []):
-                    child = normalize_dn(value.split("#", 1)[0])
-                    if child in known:
-                        parents.setdefault(child, set()).add(normalize_dn(group_dn))
+            found = attrs.get(member_of, [])
+            if found:
+                parents[normalize_dn(group_dn)] = {normalize_dn(p) for p in found}
         return parents
 
 
-def _first(values: dict[str, list[str]], name: str) -> str:
+# Shared by every entry no rule reads attributes of (never mutated): saves a dict per user.
+_NOTHING_KEPT: dict[str, list[str]] = {}
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
+def _first_text(values: dict[str, list[bytes]], name: str) -> str:
     found = values.get(name) if name else None
-    return found[0] if found else ""
+    return found[0].decode("utf-8", "replace") if found else ""
 
 
 def _guid(raw: bytes) -> str:

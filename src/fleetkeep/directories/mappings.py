@@ -23,7 +23,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Literal
 
 import ldap.dn
@@ -88,38 +87,43 @@ def _first_rdn_value(dn: str) -> str:
 # Evaluation context -------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(slots=True)
 class Candidate:
     """What rules look at for one entry: its DN, attributes and group memberships.
 
     ``groups`` are the direct groups (normalised DNs or ids); ``group_closure`` maps a group
-    to every group it is nested in, for rules that follow nesting.
+    to every group it is nested in, for rules that follow nesting. A sync builds one per
+    entry, so the derived fields are plain attributes, not cached properties.
     """
 
     dn: str
     attributes: Mapping[str, list[str]]
     groups: frozenset[str]
     group_closure: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    normalized_dn: str = field(init=False)
+    all_groups: frozenset[str] = field(init=False)
+    _lower: dict[str, list[str]] | None = field(init=False, default=None)
 
-    @cached_property
-    def normalized_dn(self) -> str:
-        return normalize_dn(self.dn)
-
-    @cached_property
-    def lower_attributes(self) -> dict[str, list[str]]:
-        attrs = {k.lower(): v for k, v in self.attributes.items()}
-        attrs.setdefault("distinguishedname", [self.dn])
-        attrs.setdefault("entrydn", [self.dn])
-        if self.groups:
-            attrs.setdefault("memberof", sorted(self.groups))
-        return attrs
-
-    @cached_property
-    def all_groups(self) -> frozenset[str]:
+    def __post_init__(self) -> None:
+        self.normalized_dn = normalize_dn(self.dn)
+        if not self.group_closure or not self.groups:
+            self.all_groups = self.groups
+            return
         found = set(self.groups)
         for group in self.groups:
             found.update(self.group_closure.get(group, ()))
-        return frozenset(found)
+        self.all_groups = frozenset(found)
+
+    @property
+    def lower_attributes(self) -> dict[str, list[str]]:
+        if self._lower is None:
+            attrs = {k.lower(): v for k, v in self.attributes.items()}
+            attrs.setdefault("distinguishedname", [self.dn])
+            attrs.setdefault("entrydn", [self.dn])
+            if self.groups:
+                attrs.setdefault("memberof", sorted(self.groups))
+            self._lower = attrs
+        return self._lower
 
     def values(self, attribute: str) -> list[str]:
         return self.lower_attributes.get(attribute.lower(), [])
@@ -476,19 +480,22 @@ def _extensible(node: Extensible, entry: Candidate) -> bool:
 
 @dataclass(frozen=True)
 class Rule:
-    """A parsed, validated mapping rule."""
+    """A parsed, validated mapping rule. ``target`` is the normalised group or OU and
+    ``deep`` its nested/subtree flag, worked out once rather than per entry."""
 
     type: str
     spec: dict[str, Any]
     filter: Filter | None = None
+    target: str = ""
+    deep: bool = True
 
     def matches(self, entry: Candidate) -> bool:
         if self.type == "all":
             return True
         if self.type == "group":
-            return _in_group(entry, self.spec["group"], bool(self.spec.get("nested", True)))
+            return _in_group(entry, self.target, self.deep)
         if self.type == "ou":
-            return _in_ou(entry, self.spec["ou"], bool(self.spec.get("subtree", True)))
+            return _in_ou(entry, self.target, self.deep)
         if self.type == "attribute":
             results = (_condition(c, entry) for c in self.spec["conditions"])
             return all(results) if self.spec.get("match", "all") == "all" else any(results)
@@ -522,9 +529,9 @@ class Rule:
         return self.type == "filter" and IN_CHAIN in str(self.filter)
 
 
-def _in_group(entry: Candidate, group: str, nested: bool) -> bool:
+def _in_group(entry: Candidate, wanted: str, nested: bool) -> bool:
+    """``wanted``: a normalised group DN, or a bare group name."""
     groups = entry.all_groups if nested else entry.groups
-    wanted = normalize_dn(group)
     if wanted in groups:
         return True
     if "=" in wanted:
@@ -533,8 +540,7 @@ def _in_group(entry: Candidate, group: str, nested: bool) -> bool:
     return any(_first_rdn_value(g) == wanted for g in groups)
 
 
-def _in_ou(entry: Candidate, ou: str, subtree: bool) -> bool:
-    wanted = normalize_dn(ou)
+def _in_ou(entry: Candidate, wanted: str, subtree: bool) -> bool:
     dn = entry.normalized_dn
     if subtree:
         return dn.endswith("," + wanted)
@@ -607,6 +613,12 @@ def parse_rule(raw: Any, field_name: str = "rule") -> Rule:
                 position=exc.position,
             ) from None
         return Rule("filter", dict(raw), parsed)
+    if kind == "group":
+        return Rule(
+            kind, dict(raw), target=normalize_dn(raw["group"]), deep=raw.get("nested", True)
+        )
+    if kind == "ou":
+        return Rule(kind, dict(raw), target=normalize_dn(raw["ou"]), deep=raw.get("subtree", True))
     return Rule(kind, dict(raw))
 
 

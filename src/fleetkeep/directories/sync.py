@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import and_, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -97,7 +97,7 @@ class Action(enum.StrEnum):
     LEAVE = "leave"
 
 
-@dataclass
+@dataclass(slots=True)
 class Change:
     """One planned action. ``values`` are the new fields (all of them for a create)."""
 
@@ -149,12 +149,12 @@ class Plan:
                 "reason": c.reason,
                 "user_id": c.user_id,
             }
-            for c in self.changes
+            for c in self.changes[:REPORT_LIMIT]
         ]
         return {
             "counts": self.counts,
-            "changes": listed[:REPORT_LIMIT],
-            "truncated": len(listed) > REPORT_LIMIT,
+            "changes": listed,
+            "truncated": len(self.changes) > REPORT_LIMIT,
             "warnings": self.warnings[:REPORT_LIMIT],
         }
 
@@ -172,8 +172,9 @@ class Plan:
 # Planning -------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Owned:
+class _Owned(NamedTuple):
+    """A user the directory owns, as planning reads it (a tuple: 100,000s are built)."""
+
     id: int
     email: str
     email_normalized: str
@@ -229,7 +230,7 @@ def first_match(mappings: Sequence[CompiledMapping], entry: Candidate) -> Compil
 
 
 def candidate(user: SourceUser, closure: dict[str, frozenset[str]]) -> Candidate:
-    groups = frozenset(_group_key(g) for g in user.groups)
+    groups = frozenset(map(_group_key, user.groups))
     return Candidate(user.dn, user.attributes, groups, closure)
 
 
@@ -266,8 +267,8 @@ def plan_sync(
         owned_active=sum(1 for o in owned.values() if o.state is UserState.ACTIVE),
     )
 
-    # Pass 1: scope, mapping and chosen email for every entry.
-    scoped: list[tuple[SourceUser, CompiledMapping, str | None, str]] = []
+    # Pass 1: scope, mapping and chosen email (and its normalised key) for every entry.
+    scoped: list[_Scoped] = []
     seen_ids: set[str] = set()
     deployment_rows: list[dict[str, Any]] = []
     for user in fetched:
@@ -291,25 +292,23 @@ def plan_sync(
                 plan.unchanged += 1
             continue
         email, problem = _choose_email(user, existing)
-        scoped.append((user, mapping, email, problem))
+        key = normalize_email(email) if email and not problem else ""
+        scoped.append((user, mapping, email, problem, key, existing))
 
     winners = _email_winners(scoped, owned)
-    email_holders = _email_holders(session, scoped, owned, winners)
+    email_holders = _email_holders(session, scoped, winners)
     planned_email: dict[int, str] = {}
-    for user, _mapping, email, problem in scoped:
-        existing = owned.get(user.external_id)
-        if (
-            directory.auto_update
-            and existing is not None
-            and email
-            and not problem
-            and winners.get(normalize_email(email)) is user
-        ):
-            planned_email[existing.id] = email
+    if directory.auto_update:
+        for user, _mapping, email, _problem, key, existing in scoped:
+            # Only address changes matter to _email_free (who frees an address for whom).
+            if existing is None or not key or key == existing.email_normalized:
+                continue
+            if winners.get(key) is user:
+                planned_email[existing.id] = email  # type: ignore[assignment]
 
     # Pass 2: one action per scoped entry.
-    for user, mapping, email, problem in scoped:
-        existing = owned.get(user.external_id)
+    auto_update = directory.auto_update  # read once: an ORM attribute costs per access
+    for user, mapping, email, problem, key, existing in scoped:
         base = Change(Action.SKIP, user.external_id, email, user.dn, mapping_id=mapping.mapping_id)
         if user.disabled:
             if existing is not None and existing.state is UserState.ACTIVE:
@@ -323,7 +322,7 @@ def plan_sync(
             plan.changes.append(_with(base, reason=problem, user_id=existing and existing.id))
             continue
         assert email is not None
-        winner = winners.get(normalize_email(email))
+        winner = winners.get(key)
         if winner is not user:
             assert winner is not None
             plan.changes.append(
@@ -334,8 +333,18 @@ def plan_sync(
                 )
             )
             continue
-        holder = email_holders.get(normalize_email(email))
-        email_free = _email_free(normalize_email(email), holder, existing, owned, planned_email)
+        if (
+            existing is not None
+            and existing.state is UserState.ACTIVE
+            and key == existing.email_normalized
+        ):
+            # The common case of a re-sync: the user keeps its address.
+            if _unchanged(auto_update, user, email, mapping, existing):
+                plan.unchanged += 1
+                continue
+            email_free = True
+        else:
+            email_free = _email_free(key, email_holders.get(key), existing, owned, planned_email)
         if existing is None:
             if not mapping.auto_import:
                 plan.changes.append(_with(base, reason="not_auto_import"))
@@ -355,21 +364,27 @@ def plan_sync(
     return plan
 
 
+# An entry as pass 1 leaves it: mapping, chosen email, problem, email key, owned user.
+_Scoped = tuple[SourceUser, CompiledMapping, str | None, str, str, "_Owned | None"]
+# Above this many addresses, reading every user's address beats IN lists.
+_HOLDERS_BY_SCAN = 5000
+
+
 def _email_holders(
-    session: Session,
-    scoped: list[tuple[SourceUser, CompiledMapping, str | None, str]],
-    owned: dict[str, _Owned],
-    winners: dict[str, SourceUser],
+    session: Session, scoped: list[_Scoped], winners: dict[str, SourceUser]
 ) -> dict[str, int]:
     """Who holds the addresses this plan wants to give out (new users, changed emails)."""
-    wanted = []
-    for user, _mapping, email, problem in scoped:
-        if not email or problem:
-            continue
-        key = normalize_email(email)
-        existing = owned.get(user.external_id)
-        if winners.get(key) is user and (existing is None or existing.email_normalized != key):
-            wanted.append(key)
+    wanted = [
+        key
+        for user, _mapping, _email, _problem, key, existing in scoped
+        if key
+        and winners.get(key) is user
+        and (existing is None or existing.email_normalized != key)
+    ]
+    if len(wanted) > _HOLDERS_BY_SCAN:
+        wanted_set = set(wanted)
+        rows = _raw_rows(session, "SELECT email_normalized, id FROM users", ())
+        return {email: user_id for email, user_id in rows if email in wanted_set}
     holders: dict[str, int] = {}
     for chunk in _chunks(wanted, 1000):
         query = select(User.email_normalized, User.id).where(User.email_normalized.in_(chunk))
@@ -377,37 +392,47 @@ def _email_holders(
     return holders
 
 
+def _raw_rows(session: Session, sql: str, params: tuple[Any, ...]) -> Iterator[tuple[Any, ...]]:
+    """Rows through the driver's own cursor (``?`` placeholders), one at a time: on 100,000
+    rows SQLAlchemy's row objects and type processing cost seconds, a list of them memory,
+    and callers read plain strings and integers."""
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    if session.get_bind().dialect.name == "postgresql":
+        sql = sql.replace("?", "%s")
+    cursor = raw.cursor()
+    try:
+        cursor.execute(sql, params)
+        yield from cursor
+    finally:
+        cursor.close()
+
+
 _OWNED_SQL = (
     "SELECT external_id, id, email, email_normalized, username, display_name, state,"
-    " preserved_by, profile_id, storage_region_id, dn, upn FROM users WHERE source = "
+    " preserved_by, profile_id, storage_region_id, dn, upn FROM users WHERE source = ?"
 )
 
 
 def _owned_users(session: Session, source: str) -> dict[str, _Owned]:
-    """Every user the source owns, keyed by external id.
-
-    Read through the driver's cursor: on 100,000 rows SQLAlchemy's row objects and type
-    processing cost seconds, and these columns are plain strings and integers.
-    """
-    raw = session.connection().connection.driver_connection
-    assert raw is not None
-    postgres = session.get_bind().dialect.name == "postgresql"
-    cursor = raw.cursor()
-    try:
-        cursor.execute(_OWNED_SQL + ("%s" if postgres else "?"), (source,))
-        rows = cursor.fetchall()
-    finally:
-        cursor.close()
+    """Every user the source owns, keyed by external id."""
     states = {s.value: s for s in UserState}
     return {
         external_id: _Owned(i, e, en, u, d, states[state], *rest)
-        for external_id, i, e, en, u, d, state, *rest in rows
+        for external_id, i, e, en, u, d, state, *rest in _raw_rows(session, _OWNED_SQL, (source,))
         if external_id is not None
     }
 
 
 def _choose_email(user: SourceUser, existing: _Owned | None) -> tuple[str | None, str]:
     """(email, problem): the current address when still offered, else the primary one."""
+    if (
+        not user.other_emails
+        and existing is not None
+        and user.email
+        and normalize_email(user.email) == existing.email_normalized
+    ):
+        return user.email.strip(), ""  # a re-sync's common case: the address it already has
     offered = [e for e in (user.email, *user.other_emails) if e and e.strip()]
     if not offered:
         return None, "no_email"
@@ -422,19 +447,18 @@ def _choose_email(user: SourceUser, existing: _Owned | None) -> tuple[str | None
         return chosen, "invalid_email"
 
 
-def _email_winners(
-    scoped: list[tuple[SourceUser, CompiledMapping, str | None, str]], owned: dict[str, _Owned]
-) -> dict[str, SourceUser]:
+def _email_winners(scoped: list[_Scoped], owned: dict[str, _Owned]) -> dict[str, SourceUser]:
     """For each email, the one entry allowed to have it (see the module rules)."""
+    winners: dict[str, SourceUser] = {}
     claims: dict[str, list[SourceUser]] = {}
-    for user, _mapping, email, problem in scoped:
-        if email and not problem:
-            claims.setdefault(normalize_email(email), []).append(user)
-    winners = {}
-    for email, users in claims.items():
-        if len(users) == 1:
-            winners[email] = users[0]
+    for user, _mapping, _email, _problem, key, _existing in scoped:
+        if not key:
             continue
+        if key not in winners:
+            winners[key] = user
+        else:
+            claims.setdefault(key, [winners[key]]).append(user)
+    for email, users in claims.items():
 
         def rank(u: SourceUser, email: str = email) -> tuple[int, int, str]:
             linked = owned.get(u.external_id)
@@ -473,7 +497,9 @@ def _plan_existing(
     mapping: CompiledMapping,
     existing: _Owned,
 ) -> None:
-    if existing.state is UserState.ACTIVE and _unchanged(directory, user, email, mapping, existing):
+    if existing.state is UserState.ACTIVE and _unchanged(
+        directory.auto_update, user, email, mapping, existing
+    ):
         plan.unchanged += 1
         return
     base = Change(
@@ -519,12 +545,12 @@ def _plan_existing(
 
 
 def _unchanged(
-    directory: Directory, user: SourceUser, email: str, mapping: CompiledMapping, existing: _Owned
+    auto_update: bool, user: SourceUser, email: str, mapping: CompiledMapping, existing: _Owned
 ) -> bool:
     """The common case of a re-sync, decided without building any change."""
     if existing.dn != (user.dn or None) or existing.upn != (user.upn or None):
         return False
-    return not directory.auto_update or (
+    return not auto_update or (
         existing.email == email
         and existing.username == user.username
         and existing.display_name == user.display_name
@@ -731,7 +757,7 @@ def _write_updates(session: Session, updates: list[Change], now: Any) -> None:
 def _insert_users(
     session: Session, actor: Actor, source: str, creates: list[Change], now: Any
 ) -> None:
-    """COPY new users and audit them, a slice at a time to bound memory on first syncs."""
+    """COPY new users, a slice at a time to bound memory on first syncs, then audit them."""
     for chunk in _chunks(creates, 10_000):
         rows = [
             c.values
@@ -752,26 +778,28 @@ def _insert_users(
                 "another change created one of these users meanwhile; run the sync again",
                 code="sync_conflict",
             ) from None
-        ids: dict[str | None, int] = {}
-        for part in _chunks([r["external_id"] for r in rows], 5000):
-            query = select(User.external_id, User.id).where(
-                User.source == source, User.external_id.in_(part)
-            )
-            ids.update({external_id: user_id for external_id, user_id in session.execute(query)})
-        audit = [
-            {
-                "action": "user.create",
-                "target_type": "user",
-                "target_id": ids[row["external_id"]],
-                "after": {k: v for k, v in row.items() if k not in _AUDIT_SKIP}
-                | {"quota_unit": str(row["quota_unit"]), "state": "active"},
-            }
-            for row in rows
-        ]
-        record_many(session, actor, audit)
-
-
-_AUDIT_SKIP = {"email_normalized", "created_at", "updated_at", "state_changed_at", "state"}
+    # One read of the source's ids: cheaper than IN lists of 100,000 external ids.
+    sql = "SELECT external_id, id FROM users WHERE source = ?"
+    ids: dict[str, int] = dict(_raw_rows(session, sql, (source,)))
+    for chunk in _chunks(creates, 10_000):
+        record_many(
+            session,
+            actor,
+            [
+                {
+                    "action": "user.create",
+                    "target_type": "user",
+                    "target_id": ids[c.values["external_id"]],
+                    "after": c.values
+                    | {
+                        "source": source,
+                        "quota_unit": str(c.values["quota_unit"]),
+                        "state": "active",
+                    },
+                }
+                for c in chunk
+            ],
+        )
 
 
 def _refresh_deployment_cache(
@@ -844,6 +872,7 @@ def run_sync(
                     complete=complete,
                 )
                 plan.warnings[:0] = fetched.warnings
+                del fetched  # the plan holds what it needs; free the entries before applying
                 run = _finish(session, run_id, plan, started)
                 if dry_run:
                     run.status = SyncStatus.DRY_RUN
