@@ -350,9 +350,11 @@ def test_safety_threshold_holds_the_sync_until_confirmed_and_history_shows_it(
     assert "3 users" in held["held_reason"]
     users = api.get("/api/v1/users", params={"state": "active"}).json()["items"]
     assert len(users) == 5
+    assert held_alerts(api) == ["open"]
     confirmed = api.post(f"/api/v1/directories/{directory['id']}/syncs/{held['id']}/confirm")
     assert confirmed.status_code == 200, confirmed.text
     assert confirmed.json()["status"] == "confirmed"
+    assert held_alerts(api) == ["resolved"]
     users = api.get("/api/v1/users", params={"state": "preserved"}).json()["items"]
     assert len(users) == 3
     again = api.post(f"/api/v1/directories/{directory['id']}/syncs/{held['id']}/confirm")
@@ -360,3 +362,23 @@ def test_safety_threshold_holds_the_sync_until_confirmed_and_history_shows_it(
     history = api.get(f"/api/v1/directories/{directory['id']}/syncs").json()["items"]
     assert [r["status"] for r in history] == ["confirmed", "dry-run", "succeeded"]
     assert history[2]["seen"] == 5
+
+
+def held_alerts(api: TestClient) -> list[str]:
+    alerts = api.get("/api/v1/alerts", params={"status": "all"}).json()
+    items = alerts["items"] if isinstance(alerts, dict) else alerts
+    return [a["status"] for a in items if a["type"] == "directory.sync_held"]
+
+
+def test_disabling_many_users_at_once_is_held_too(api: TestClient, slapd: Slapd) -> None:
+    ou = slapd.new_ou()
+    dns = [slapd.add_ad_user(ou, f"d{i}") for i in range(10)]
+    directory = register(api, slapd, ou, hold_above_count=500, hold_above_percent=20)
+    add_all_mapping(api, directory["id"])
+    assert api.post(f"/api/v1/directories/{directory['id']}/sync").json()["created"] == 10
+    for dn in dns[:3]:
+        slapd.modify(dn, {"userAccountControl": ["514"]})
+    held = api.post(f"/api/v1/directories/{directory['id']}/sync").json()
+    assert held["status"] == "held"
+    assert "3 of 10 users (30.0 %)" in held["held_reason"]
+    assert len(api.get("/api/v1/users", params={"state": "active"}).json()["items"]) == 10
