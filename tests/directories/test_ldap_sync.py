@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -9,12 +13,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetkeep.audit.models import AuditEvent
+from fleetkeep.db import transaction
 from fleetkeep.directories import service
 from fleetkeep.directories.models import DirectoryKind, SyncStatus
 from fleetkeep.identity.models import User, UserState
 from fleetkeep.identity.service import change_state
 from tests.directories.conftest import ACTOR, make_directory, users_by_name
-from tests.support.slapd import LDAP_BASE, Slapd
+from tests.support.slapd import LDAP_BASE, Slapd, start_slapd
 
 
 def sync(factory: sessionmaker[Session], data_dir: Path, directory_id: int, **kw: object):  # type: ignore[no-untyped-def]
@@ -359,24 +364,28 @@ def test_dry_run_changes_nothing(
 
 
 @pytest.fixture
-def own_slapd(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from tests.support.slapd import start_slapd
-
+def own_slapd(tmp_path: Path) -> Iterator[Slapd]:
+    """A slapd of the test's own, to take away (killed, or stopped with SIGSTOP)."""
     server = start_slapd(tmp_path / "own-slapd")
     yield server
+    if server.process is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.process.pid, signal.SIGCONT)
     server.stop()
 
 
-def test_a_directory_that_goes_down_mid_fetch_changes_nothing(
-    own_slapd: Slapd, factory: sessionmaker[Session], data_dir: Path, places: dict[str, int]
-) -> None:
-    ou = own_slapd.new_ou()
+def twelve_users_synced(
+    slapd: Slapd, factory: sessionmaker[Session], data_dir: Path, places: dict[str, int]
+) -> tuple[str, int]:
+    """An OU of 12 users synced once in pages of 3, then one of them deleted (a complete
+    fetch would preserve it): (OU, directory id)."""
+    ou = slapd.new_ou()
     for i in range(12):
-        own_slapd.add_ad_user(ou, f"user{i:02d}")
+        slapd.add_ad_user(ou, f"user{i:02d}")
     directory_id = make_directory(
         factory,
         data_dir,
-        own_slapd,
+        slapd,
         ou,
         settings={"page_size": 3},
         mappings=[
@@ -388,7 +397,14 @@ def test_a_directory_that_goes_down_mid_fetch_changes_nothing(
         ],
     )
     assert sync(factory, data_dir, directory_id).created == 12
-    own_slapd.delete(f"cn=user00,{ou}")  # would be preserved by a complete fetch
+    slapd.delete(f"cn=user00,{ou}")
+    return ou, directory_id
+
+
+def test_a_directory_that_goes_down_mid_fetch_changes_nothing(
+    own_slapd: Slapd, factory: sessionmaker[Session], data_dir: Path, places: dict[str, int]
+) -> None:
+    _ou, directory_id = twelve_users_synced(own_slapd, factory, data_dir, places)
 
     def kill_after_first_page(what: str, count: int) -> None:
         if what == "users" and count >= 3:
@@ -411,6 +427,25 @@ def test_a_directory_that_goes_down_mid_fetch_changes_nothing(
         from fleetkeep.alerts.models import Alert, AlertStatus
 
         assert session.scalars(select(Alert)).one().status is AlertStatus.RESOLVED
+
+
+def test_a_directory_that_stops_answering_times_out_and_changes_nothing(
+    own_slapd: Slapd, factory: sessionmaker[Session], data_dir: Path, places: dict[str, int]
+) -> None:
+    _ou, directory_id = twelve_users_synced(own_slapd, factory, data_dir, places)
+    with transaction(factory) as session:
+        service.update_directory(
+            session, ACTOR, data_dir, directory_id, settings={"timeout_seconds": 1}
+        )
+
+    def freeze_after_first_page(what: str, count: int) -> None:
+        if what == "users" and count >= 3 and own_slapd.process is not None:
+            os.kill(own_slapd.process.pid, signal.SIGSTOP)
+
+    run = sync(factory, data_dir, directory_id, progress=freeze_after_first_page)
+    assert run.status is SyncStatus.FAILED
+    assert "did not answer within 1 s" in (run.error or "")
+    assert {u.state for u in users_by_name(factory).values()} == {UserState.ACTIVE}
 
 
 def test_the_scheduled_job_syncs_directories_whose_interval_has_elapsed(
