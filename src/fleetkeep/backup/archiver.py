@@ -34,6 +34,7 @@ _PROGRESS_EVERY_S = 0.5
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 
 
 @dataclass
@@ -149,6 +150,7 @@ def _tune_malloc() -> None:
         return
     mallopt(_M_MMAP_THRESHOLD, 4 * 1024 * 1024)
     mallopt(_M_TRIM_THRESHOLD, 8 * 1024 * 1024)
+    mallopt(_M_ARENA_MAX, 2)
 
 
 def normalize_paths(paths: Iterable[str | os.PathLike[str]]) -> list[bytes]:

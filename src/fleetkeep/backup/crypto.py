@@ -25,7 +25,9 @@ SEAL_OVERHEAD = 1 + NONCE_BYTES + TAG_BYTES
 _AAD_PREFIX = b"fleetkeep/1/"
 STORED = 0
 ZSTD = 1
-ZSTD_LEVEL = 3
+# Level 4 rather than 3: 0.8 % smaller on the benchmark's compressible chunks (text, source)
+# for +0.45 CPU s per GB backed up; level 6 saves 3.3 % but costs 7x more (bench, 1 GB).
+ZSTD_LEVEL = 4
 # A chunk whose first _SAMPLE bytes shrink by less than _MIN_GAIN is stored raw: media and
 # already-compressed files cost one small trial compression instead of a full one.
 _SAMPLE = 16 * 1024
@@ -118,6 +120,32 @@ class Crypto:
         aad = blob_aad(blob_type, blob_id) + bytes((mode,))
         return bytes((mode,)) + nonce, self._cipher(blob_type).encrypt(nonce, payload, aad)
 
+    def seal_blob_into(
+        self,
+        buf: bytearray,
+        blob_type: BlobType,
+        blob_id: bytes,
+        mode: int,
+        payload: bytes | memoryview,
+    ) -> None:
+        """Append the sealed blob of an already ``compress``-ed payload to ``buf``: the payload
+        is copied once and encrypted in place (OpenSSL's GCM allows output == input), so no
+        chunk-sized ciphertext is allocated per blob (peak memory of a backup)."""
+        nonce = os.urandom(NONCE_BYTES)
+        aad = blob_aad(blob_type, blob_id) + bytes((mode,))
+        buf += bytes((mode,)) + nonce
+        start = len(buf)
+        buf += payload
+        buf += bytes(TAG_BYTES)
+        view = memoryview(buf)
+        plain, out = view[start : start + len(payload)], view[start:]
+        try:
+            self._cipher(blob_type).encrypt_into(nonce, plain, aad, out)
+        finally:
+            plain.release()
+            out.release()
+            view.release()
+
     def seal_blob(
         self, blob_type: BlobType, blob_id: bytes, plaintext: bytes | memoryview
     ) -> bytes:
@@ -125,7 +153,12 @@ class Crypto:
         return head + body
 
     def open_blob(
-        self, blob_type: BlobType, blob_id: bytes, sealed: bytes, *, verify_id: bool = True
+        self,
+        blob_type: BlobType,
+        blob_id: bytes,
+        sealed: bytes | memoryview,
+        *,
+        verify_id: bool = True,
     ) -> bytes:
         """Decrypt, decompress and check the keyed hash; any mismatch is an IntegrityError.
 
@@ -152,13 +185,16 @@ class Crypto:
         return decompress(mode, payload)
 
     @staticmethod
-    def _open(cipher: AESGCM, aad: bytes, sealed: bytes, what: str) -> tuple[bytes, int]:
+    def _open(
+        cipher: AESGCM, aad: bytes, sealed: bytes | memoryview, what: str
+    ) -> tuple[bytes, int]:
         if len(sealed) < SEAL_OVERHEAD:
             raise IntegrityError(f"{what} is truncated")
         mode = sealed[0]
+        view = memoryview(sealed)  # slices of a view: no copy of the ciphertext
         try:
             payload = cipher.decrypt(
-                sealed[1 : 1 + NONCE_BYTES], sealed[1 + NONCE_BYTES :], aad + bytes((mode,))
+                view[1 : 1 + NONCE_BYTES], view[1 + NONCE_BYTES :], aad + bytes((mode,))
             )
         except InvalidTag:
             raise IntegrityError(f"{what} failed authentication") from None

@@ -71,6 +71,19 @@ class PackWriter:
             self._buf += part
         self.entries.append(PackEntry(blob_type, blob_id, start, len(self._buf) - start))
 
+    def add_sealing(
+        self,
+        crypto: Crypto,
+        blob_type: BlobType,
+        blob_id: bytes,
+        mode: int,
+        payload: bytes | memoryview,
+    ) -> None:
+        """Seal a compressed payload straight into the pack."""
+        start = len(self._buf)
+        crypto.seal_blob_into(self._buf, blob_type, blob_id, mode, payload)
+        self.entries.append(PackEntry(blob_type, blob_id, start, len(self._buf) - start))
+
     def finish(self, crypto: Crypto) -> tuple[str, bytearray]:
         """Return the pack id (BLAKE3 of the whole file) and its bytes."""
         header = crypto.seal_object(

@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleetkeep.backup.chunker import Chunker, ChunkerParams
-from fleetkeep.backup.crypto import BlobType, Crypto, ObjectKind, content_name
+from fleetkeep.backup.crypto import BlobType, Crypto, ObjectKind, compress, content_name
 from fleetkeep.backup.errors import (
     IntegrityError,
     ObjectNotFound,
@@ -418,18 +418,23 @@ class BlobSink:
 
     def put(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> None:
         """Store a blob already reserved by this caller."""
-        head, body = self._repo.crypto.seal_blob_parts(blob_type, blob_id, data)
-        self._append(blob_type, blob_id, len(data), head, body)
+        mode, payload = compress(data)  # outside the lock: the slow part, and GIL-free
+        crypto = self._repo.crypto
+        self._append(
+            blob_type,
+            len(data),
+            lambda w: w.add_sealing(crypto, blob_type, blob_id, mode, payload),
+        )
 
     def put_sealed(self, blob_type: BlobType, blob_id: bytes, sealed: bytes) -> None:
         """Repack an already-sealed blob (prune): the seal is bound to the id, not the pack."""
-        self._append(blob_type, blob_id, 0, sealed)
+        self._append(blob_type, 0, lambda w: w.add(blob_type, blob_id, sealed))
 
-    def _append(self, blob_type: BlobType, blob_id: bytes, new: int, *parts: bytes) -> None:
+    def _append(self, blob_type: BlobType, new: int, fill: Callable[[PackWriter], None]) -> None:
         full: PackWriter | None = None
         with self._lock:
             writer = self._writers[blob_type]
-            writer.add(blob_type, blob_id, *parts)
+            fill(writer)
             if new:
                 self.new_blobs += 1
                 self.new_bytes += new

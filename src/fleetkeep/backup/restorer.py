@@ -237,7 +237,7 @@ class Restorer:
                 while len(self._windows) > _WINDOWS_KEPT:
                     self._windows.popitem(last=False)
         start = loc.offset - first * _WINDOW
-        sealed = window[start : start + loc.length]
+        sealed = memoryview(window)[start : start + loc.length]
         return self.repo.crypto.open_blob(loc.blob_type, blob_id, sealed, verify_id=False)
 
     def _apply_meta(self, fd: int, node: Node) -> None:
