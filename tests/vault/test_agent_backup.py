@@ -55,6 +55,8 @@ def test_backup_restores_byte_identical_and_an_unchanged_rebackup_uploads_nothin
     assert [s["snapshot_id"] for s in catalogue] == [s["snapshot_id"] for s in listed]
     sessions = org.admin.get("/api/v1/backup-sessions", params=mine).json()["items"]
     assert [s["state"] for s in sessions] == ["committed", "committed"]
+    [device] = org.admin.get("/api/v1/devices", params=mine).json()["items"]
+    assert device["last_backup_at"] is not None
     cli = run_cli(["snapshots", "list", "--user", "ann@example.com", "--json"], server.env)
     assert [s["snapshot_id"] for s in json.loads(cli.stdout)] == [s["snapshot_id"] for s in listed]
     table = run_cli(["snapshots", "list", "--device", "ANN-PC"], server.env).stdout

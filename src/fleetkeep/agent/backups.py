@@ -186,14 +186,7 @@ def _run_backup(
 
 
 def _progress_fields(progress: BackupProgress) -> dict[str, int]:
-    return {
-        "files": progress.files,
-        "dirs": progress.dirs,
-        "bytes": progress.bytes,
-        "new_bytes": progress.new_bytes,
-        "unchanged_files": progress.unchanged_files,
-        "errors": progress.errors,
-    }
+    return {k: int(v) for k, v in asdict(progress).items() if k != "done"}
 
 
 def open_repository(enrollment: state.Enrollment, client: DeviceClient) -> Repository:
