@@ -17,6 +17,7 @@ from fleetkeep.connector.cli import connector_app
 from fleetkeep.deployment.cli import deploy_app, devices_app
 from fleetkeep.deployment.cli import tokens_app as deployment_tokens_app
 from fleetkeep.directories.cli import directories_app
+from fleetkeep.directories.cloud_cli import entra_app, google_app
 from fleetkeep.directories.csv_import_cli import import_users
 from fleetkeep.directories.scim.cli import scim_app
 from fleetkeep.identity.cli import profiles_app, regions_app, users_app
@@ -42,6 +43,8 @@ app.add_typer(jobs_app, name="jobs")
 app.add_typer(db_app, name="db")
 app.add_typer(directories_app, name="directories")
 app.add_typer(scim_app, name="scim")
+app.add_typer(entra_app, name="entra")
+app.add_typer(google_app, name="google")
 app.add_typer(deployment_tokens_app, name="tokens")
 app.add_typer(devices_app, name="devices")
 app.add_typer(deploy_app, name="deploy")

@@ -20,8 +20,10 @@ from fleetkeep.directories.models import SyncStatus
 from fleetkeep.errors import InvalidInput
 from fleetkeep.identity import service as identity
 from fleetkeep.identity.models import User, UserState
+from tests.directories.cloud_support import add_catch_all_mapping
 from tests.doubles.graph import CLIENT_ID, CLIENT_SECRET, TENANT, GraphDouble
 from tests.doubles.serving import Serving
+from tests.support.servers import ServerProcess, run_cli
 
 
 @pytest.fixture
@@ -349,3 +351,40 @@ def test_api_registers_and_dry_runs_without_revealing_the_secret(
     assert run.json()["status"] == "dry-run"
     assert run.json()["report"]["counts"]["create"] == 1
     assert owner.get("/api/v1/users").json()["items"] == []
+
+
+def test_cli_registers_dry_runs_and_syncs(
+    graph: tuple[GraphDouble, Serving], server: ServerProcess
+) -> None:
+    double, serving = graph
+    double.add_user("ann@contoso.com")
+    added = run_cli(
+        [
+            "entra",
+            "add",
+            "Contoso",
+            "--tenant-id",
+            TENANT,
+            "--client-id",
+            CLIENT_ID,
+            "--authority-url",
+            serving.url,
+            "--graph-url",
+            serving.url,
+            "--ca-file",
+            str(serving.ca_file),
+        ],
+        server.env,
+        stdin=CLIENT_SECRET + "\n",
+    )
+    assert "registered" in added.stdout
+    with server.admin_client() as admin:
+        add_catch_all_mapping(admin, "Contoso")
+    dry = run_cli(["entra", "sync", "Contoso", "--dry-run"], server.env)
+    assert "dry-run" in dry.stdout
+    assert "would create 1" in dry.stdout
+    real = run_cli(["entra", "sync", "Contoso"], server.env)
+    assert "did create 1" in real.stdout
+    wrong = run_cli(["google", "sync", "Contoso"], server.env, check=False)
+    assert wrong.returncode == 2  # invalid input
+    assert "is of kind entra, not google" in wrong.stderr

@@ -21,8 +21,10 @@ from fleetkeep.directories.models import SyncRun, SyncStatus
 from fleetkeep.errors import InvalidInput
 from fleetkeep.identity import service as identity
 from fleetkeep.identity.models import User, UserState
+from tests.directories.cloud_support import add_catch_all_mapping
 from tests.doubles.google import ADMIN, GoogleDouble, service_account_key
 from tests.doubles.serving import Serving
+from tests.support.servers import ServerProcess, run_cli
 
 
 @pytest.fixture
@@ -311,3 +313,35 @@ def test_dry_run_previews_and_a_mass_suspension_is_held_and_audited(
         SyncStatus.SUCCEEDED,
         SyncStatus.CONFIRMED,
     ]
+
+
+def test_cli_registers_dry_runs_and_syncs(
+    workspace: tuple[GoogleDouble, Serving, dict[str, Any]], server: ServerProcess, tmp_path: Path
+) -> None:
+    double, serving, key = workspace
+    double.add_user("ann@example.org")
+    key_file = tmp_path / "key.json"
+    key_file.write_text(json.dumps(key))
+    added = run_cli(
+        [
+            "google",
+            "add",
+            "Example Org",
+            "--admin-email",
+            ADMIN,
+            "--key-file",
+            str(key_file),
+            "--api-url",
+            serving.url,
+            "--ca-file",
+            str(serving.ca_file),
+        ],
+        server.env,
+    )
+    assert "registered" in added.stdout
+    with server.admin_client() as admin:
+        add_catch_all_mapping(admin, "Example Org")
+    dry = run_cli(["google", "sync", "Example Org", "--dry-run"], server.env)
+    assert "would create 1" in dry.stdout
+    real = run_cli(["google", "sync", "Example Org"], server.env)
+    assert "did create 1" in real.stdout

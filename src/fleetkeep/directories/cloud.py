@@ -163,7 +163,7 @@ def load_source(
     directory = directories.get_directory(session, directory_id)
     if directory.kind is not kind:
         raise InvalidInput(
-            f"directory {directory.name!r} is a {directory.kind} source, not {kind}",
+            f"directory {directory.name!r} is of kind {directory.kind}, not {kind}",
             code="wrong_kind",
         )
     return directory, unseal(data_dir, directory.secret) if directory.secret else ""
