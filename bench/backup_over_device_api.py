@@ -9,7 +9,7 @@ and a restore (``fleetkeep-agent restore`` vs ``Repository.restore``).
 
 Target: the device API adds at most 25 % to an initial backup (the agent still chunks,
 compresses and encrypts; the server only hashes and writes). The load average is printed.
-First measurement (200 MB, load average 10.6 on 2 cores): initial 1.51 s → 3.46 s (2.3×),
+First measurement (200 MB, load average 10.6 on 2 cores): initial 1.51 s → 3.46 s (2.3x),
 unchanged 0.03 s → 1.04 s (agent start-up and one listing), restore 0.22 s → 3.89 s (one
 ranged GET per 1 MiB window, each authenticated against the database): not met yet.
 """
