@@ -254,7 +254,7 @@ def parse_filter(text: str) -> Filter:
     offset = len(text) - len(text.lstrip())
     if not source.startswith("("):
         source, offset = f"({source})", offset - 1
-    parser = _FilterParser(source, offset)
+    parser = _FilterParser(source, offset, len(text))
     result = parser.filter(0)
     if parser.pos != len(source):
         parser.fail("unexpected text after the filter")
@@ -262,13 +262,15 @@ def parse_filter(text: str) -> Filter:
 
 
 class _FilterParser:
-    def __init__(self, text: str, offset: int) -> None:
+    def __init__(self, text: str, offset: int, limit: int) -> None:
         self.text = text
         self.pos = 0
         self.offset = offset
+        self.limit = limit  # the length of what the admin typed
 
     def fail(self, message: str) -> None:
-        raise FilterError(message, max(self.pos + self.offset, 0))
+        # A bare filter was wrapped in parentheses: its missing ')' is at the end of the text.
+        raise FilterError(message, min(max(self.pos + self.offset, 0), self.limit))
 
     def expect(self, char: str) -> None:
         if self.pos >= len(self.text) or self.text[self.pos] != char:

@@ -30,6 +30,7 @@ import contextlib
 import enum
 import functools
 import gc
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -269,6 +270,8 @@ def plan_sync(
 
     # Pass 1: scope, mapping and chosen email (and its normalised key) for every entry.
     scoped: list[_Scoped] = []
+    settled: dict[str, SourceUser] = {}  # unchanged entries, by their email key
+    auto_update = directory.auto_update  # read once: an ORM attribute costs per access
     seen_ids: set[str] = set()
     deployment_rows: list[dict[str, Any]] = []
     for user in fetched:
@@ -293,9 +296,22 @@ def plan_sync(
             continue
         email, problem = _choose_email(user, existing)
         key = normalize_email(email) if email and not problem else ""
+        if (
+            existing is not None
+            and key
+            and key == existing.email_normalized
+            and not user.disabled
+            and existing.state is UserState.ACTIVE
+            and _unchanged(auto_update, user, email, mapping, existing)  # type: ignore[arg-type]
+        ):
+            # The common case of a re-sync, settled here. The entry keeps its address: no
+            # other entry can outrank the one linked to the user who has it.
+            settled[key] = user
+            plan.unchanged += 1
+            continue
         scoped.append((user, mapping, email, problem, key, existing))
 
-    winners = _email_winners(scoped, owned)
+    winners = _email_winners(scoped, owned, settled)
     email_holders = _email_holders(session, scoped, winners)
     planned_email: dict[int, str] = {}
     if directory.auto_update:
@@ -307,7 +323,6 @@ def plan_sync(
                 planned_email[existing.id] = email  # type: ignore[assignment]
 
     # Pass 2: one action per scoped entry.
-    auto_update = directory.auto_update  # read once: an ORM attribute costs per access
     for user, mapping, email, problem, key, existing in scoped:
         base = Change(Action.SKIP, user.external_id, email, user.dn, mapping_id=mapping.mapping_id)
         if user.disabled:
@@ -399,13 +414,20 @@ def _raw_rows(session: Session, sql: str, params: tuple[Any, ...]) -> Iterator[t
     raw = session.connection().connection.driver_connection
     assert raw is not None
     if session.get_bind().dialect.name == "postgresql":
+        # A server-side cursor: the client never holds the whole result at once.
+        cursor = raw.cursor(name=f"fleetkeep_sync_{next(_cursor_names)}")
+        cursor.itersize = 10_000
         sql = sql.replace("?", "%s")
-    cursor = raw.cursor()
+    else:
+        cursor = raw.cursor()
     try:
         cursor.execute(sql, params)
         yield from cursor
     finally:
         cursor.close()
+
+
+_cursor_names = itertools.count()
 
 
 _OWNED_SQL = (
@@ -417,8 +439,9 @@ _OWNED_SQL = (
 def _owned_users(session: Session, source: str) -> dict[str, _Owned]:
     """Every user the source owns, keyed by external id."""
     states = {s.value: s for s in UserState}
+    # Most addresses are stored in lower case already: one string object serves both.
     return {
-        external_id: _Owned(i, e, en, u, d, states[state], *rest)
+        external_id: _Owned(i, e, e if en == e else en, u, d, states[state], *rest)
         for external_id, i, e, en, u, d, state, *rest in _raw_rows(session, _OWNED_SQL, (source,))
         if external_id is not None
     }
@@ -447,9 +470,11 @@ def _choose_email(user: SourceUser, existing: _Owned | None) -> tuple[str | None
         return chosen, "invalid_email"
 
 
-def _email_winners(scoped: list[_Scoped], owned: dict[str, _Owned]) -> dict[str, SourceUser]:
+def _email_winners(
+    scoped: list[_Scoped], owned: dict[str, _Owned], settled: dict[str, SourceUser]
+) -> dict[str, SourceUser]:
     """For each email, the one entry allowed to have it (see the module rules)."""
-    winners: dict[str, SourceUser] = {}
+    winners = settled  # extended in place: the caller has no further use for it
     claims: dict[str, list[SourceUser]] = {}
     for user, _mapping, _email, _problem, key, _existing in scoped:
         if not key:
