@@ -140,8 +140,12 @@ class ConnectorHub:
         self, link: ConnectorLink, op: str, kcv: str, context: str, payload: bytes
     ) -> bytes:
         request_id = str(next(self._ids))
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
         link.pending[request_id] = future
+        # A timer on the answer's own future rather than ``wait_for``: one loop iteration
+        # fewer between the connector's answer and the caller (the unwrap latency tail).
+        timer = loop.call_later(self.timeout, _expire, future)
         message = {
             "type": op,
             "id": request_id,
@@ -151,10 +155,11 @@ class ConnectorHub:
         }
         try:
             await link.send(message)
-            answer = await asyncio.wait_for(future, self.timeout)
+            answer = await future
         except (OSError, RuntimeError) as exc:
             raise LinkLost(f"send failed: {type(exc).__name__}") from None
         finally:
+            timer.cancel()
             link.pending.pop(request_id, None)
         return _result(answer, context)
 
@@ -173,6 +178,11 @@ class ConnectorHub:
         except TimeoutError:
             future.cancel()
             raise KeyProviderNotConnected("the key connector request timed out") from None
+
+
+def _expire(future: asyncio.Future[dict[str, Any]]) -> None:
+    if not future.done():
+        future.set_exception(TimeoutError())
 
 
 def _result(answer: dict[str, Any], context: str) -> bytes:
