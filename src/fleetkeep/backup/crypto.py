@@ -25,9 +25,10 @@ SEAL_OVERHEAD = 1 + NONCE_BYTES + TAG_BYTES
 _AAD_PREFIX = b"fleetkeep/1/"
 STORED = 0
 ZSTD = 1
-# Level 4 rather than 3: 0.8 % smaller on the benchmark's compressible chunks (text, source)
-# for +0.45 CPU s per GB backed up; level 6 saves 3.3 % but costs 7x more (bench, 1 GB).
-ZSTD_LEVEL = 4
+# Level 3: level 4 is 0.8 % smaller on the benchmark's compressible chunks (text, source) but
+# costs +0.45 CPU s per GB, and level 6 3.3 % for 7x the CPU (bench, 1 GB): the initial
+# backup's time matters more than those bytes.
+ZSTD_LEVEL = 3
 # A chunk whose first _SAMPLE bytes shrink by less than _MIN_GAIN is stored raw: media and
 # already-compressed files cost one small trial compression instead of a full one.
 _SAMPLE = 16 * 1024
