@@ -82,9 +82,5 @@ class Index:
         no, t, offset, length = hit
         return BlobLocation(self._pack_ids[no], BlobType(t), offset, length)
 
-    def pack_of(self, blob_id: bytes) -> str | None:
-        hit = self._blobs.get(blob_id)
-        return None if hit is None else self._pack_ids[hit[0]]
-
     def packs(self) -> list[str]:
         return list(self.pack_entries)

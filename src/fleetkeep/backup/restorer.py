@@ -65,7 +65,6 @@ class Restorer:
         # made a 20,000-file restore 1.7x slower).
         self._workers = workers or 2
         self._windows: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._prefetched: set[str] = set()
         self._uid, self._gid = os.geteuid(), os.getegid()
         self._lock = threading.Lock()
         self._is_root = os.geteuid() == 0
@@ -149,22 +148,11 @@ class Restorer:
                 )
                 self.stats.symlinks += 1
             elif whole or includes is None or child in includes:
-                self._prefetch(node)
                 self._slots.acquire()
                 fut = self._pool.submit(self._restore_file, dir_fd, node)
                 fut.add_done_callback(lambda _: self._slots.release())
                 files.append(fut)
         return files
-
-    def _prefetch(self, node: Node) -> None:
-        """Ask the store to start reading the packs a queued file needs, each once: the walk
-        runs ahead of the writers, so their reads find the data already in memory."""
-        index, seen = self.repo.index, self._prefetched
-        for blob_id in node.content:
-            pack_id = index.pack_of(blob_id)
-            if pack_id is not None and pack_id not in seen:
-                seen.add(pack_id)
-                self.repo.store.prefetch(pack_name(pack_id))
 
     def _finish_dirs(self, *, block: bool) -> None:
         """Apply directory metadata once all its files exist (creating them changes mtime)."""

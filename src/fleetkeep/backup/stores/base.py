@@ -57,9 +57,6 @@ class Store(ABC):
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         """Objects whose name starts with ``prefix`` (a folder such as ``packs/``)."""
 
-    def prefetch(self, name: str) -> None:  # noqa: B027 (optional hook, no-op by default)
-        """Hint that ``name`` will be read soon (restore); stores that cannot use it ignore it."""
-
     @abstractmethod
     def delete(self, name: str) -> None:
         """Deleting an absent object is not an error: prune may be retried."""

@@ -62,22 +62,6 @@ class FilesystemStore(Store):
         finally:
             os.close(fd)
 
-    def prefetch(self, name: str) -> None:
-        """Start reading the whole object into the page cache in the background: a restore
-        reads a pack window by window, each through a new descriptor, so the kernel's
-        per-descriptor readahead never sees the sequence (cold-cache restores waited on every
-        window)."""
-        try:
-            fd = os.open(self._path(name), os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
 
