@@ -96,7 +96,11 @@ async def run_load(
 ) -> tuple[list[float], int, float, dict[str, int]]:
     """Clients spread over the replicas round-robin, as a load balancer would."""
     headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"}
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # uvicorn closes a connection idle for 5 s; dropping ours after 4 s avoids the race where
+    # the client reuses a connection the server is closing (a ReadError that is no server fault).
+    limits = httpx.Limits(
+        max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=4.0
+    )
     async with httpx.AsyncClient(headers=headers, limits=limits, timeout=60) as http:
         known: list[tuple[str, str]] = []
         for i in range(seed_users):
