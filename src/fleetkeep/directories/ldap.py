@@ -740,7 +740,7 @@ class _Reader:
             # Primary: the address equal to the UPN if there is one, else the first returned.
             mails = sorted(mails, key=lambda m: m.lower() != upn.lower())
         member_of = values.get(keys["member_of"]) if keys["member_of"] else None
-        groups = {_text(g) for g in member_of} if member_of else set()
+        groups = tuple(_text(g) for g in member_of) if member_of else ()
         kept = _NOTHING_KEPT  # what mapping rules read, for the sync engine
         if self.rule_attributes:
             kept = {}
@@ -797,7 +797,7 @@ class _Reader:
                         if user is None and member in known:
                             parents.setdefault(member, set()).add(group)
                     if user is not None:
-                        user.groups.add(group)
+                        user.groups = (*user.groups, group)  # most users: a group or two
         return parents
 
     def _parents_from_member_of(

@@ -33,7 +33,7 @@ import gc
 import itertools
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -74,7 +74,8 @@ class SourceUser:
     dn: str = ""
     disabled: bool = False
     attributes: dict[str, list[str]] = field(default_factory=dict)
-    groups: set[str] = field(default_factory=set)
+    # Any collection: a sync holds 100,000s of these, and a small tuple is a quarter of a set.
+    groups: Collection[str] = ()
     other_emails: tuple[str, ...] = ()
     sam_account_name: str = ""
     domain: str = ""
