@@ -1,4 +1,4 @@
-"""Fixtures for the vault: a keyring, and a user whose region is a filesystem store."""
+"""Fixtures for the vault: the key tests' keyring, and a user whose region is a filesystem store."""
 
 from __future__ import annotations
 
@@ -6,35 +6,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from fleetkeep.audit.service import SYSTEM
-from fleetkeep.db import make_sessionmaker
 from fleetkeep.identity import service as identity
 from fleetkeep.identity.models import User
-from fleetkeep.keys.hub import ConnectorHub
-from fleetkeep.keys.service import Keyring
-from fleetkeep.settings import Settings
 from tests.conftest import create_pg_database, drop_pg_database
+from tests.keys.conftest import factory, keyring, session
 from tests.support.servers import ServerProcess, start_server
 
-
-@pytest.fixture
-def factory(clean_engine: Engine) -> sessionmaker[Session]:
-    return make_sessionmaker(clean_engine)
-
-
-@pytest.fixture
-def keyring(settings: Settings, factory: sessionmaker[Session]) -> Keyring:
-    return Keyring(settings, factory, ConnectorHub())
-
-
-@pytest.fixture
-def session(factory: sessionmaker[Session]) -> Iterator[Session]:
-    with factory() as s:
-        yield s
-        s.rollback()
+__all__ = ["factory", "keyring", "session"]  # fixtures shared with the key tests
 
 
 @pytest.fixture

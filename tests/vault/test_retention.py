@@ -11,9 +11,11 @@ import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetkeep.audit.service import SYSTEM
+from fleetkeep.backup import Repository
 from fleetkeep.backup.retention import RetentionPolicy
 from fleetkeep.errors import InvalidInput
 from fleetkeep.identity import service as identity
+from fleetkeep.identity.models import User
 from fleetkeep.jobs.registry import builtin_jobs
 from fleetkeep.keys.service import Keyring
 from fleetkeep.settings import Settings
@@ -30,6 +32,14 @@ def _files(root: Path, seed: int) -> Path:
     for i in range(20):
         (root / f"f{i}").write_bytes(rng.randbytes(40_000))
     return root
+
+
+def _latest_only_user(session: Session, keyring: Keyring, blobs: Path) -> tuple[User, Repository]:
+    """A user whose profile keeps one day of snapshots, with an empty repository."""
+    user = make_user(session, blobs, policy={"retention": {"daily": 1, "weekly": 0, "monthly": 0}})
+    repo = open_user_repository(session, keyring, user, create=True)
+    session.commit()
+    return user, repo
 
 
 def test_missing_retention_takes_the_library_defaults() -> None:
@@ -76,13 +86,10 @@ def test_job_forgets_per_profile_and_a_concurrent_backup_keeps_its_data(
     blobs: Path,
     tmp_path: Path,
 ) -> None:
-    user = make_user(session, blobs, policy={"retention": {"daily": 1, "weekly": 0, "monthly": 0}})
-    repo = open_user_repository(session, keyring, user, create=True)
-    session.commit()
+    user, repo = _latest_only_user(session, keyring, blobs)
     old = _files(tmp_path / "old", 1)
-    new = _files(tmp_path / "new", 2)
     first = repo.backup([old], device="laptop")
-    repo.backup([new], device="laptop")
+    repo.backup([_files(tmp_path / "new", 2)], device="laptop")
     # Another device's backup has loaded the index (it knows old's chunks) before the job runs.
     concurrent = open_user_repository(session, keyring, user)
     session.commit()
@@ -114,9 +121,7 @@ def test_job_reclaims_space_of_forgotten_snapshots(
     blobs: Path,
     tmp_path: Path,
 ) -> None:
-    user = make_user(session, blobs, policy={"retention": {"daily": 1, "weekly": 0, "monthly": 0}})
-    repo = open_user_repository(session, keyring, user, create=True)
-    session.commit()
+    user, repo = _latest_only_user(session, keyring, blobs)
     repo.backup([_files(tmp_path / "old", 3)], device="laptop")
     kept = repo.backup([_files(tmp_path / "new", 4)], device="laptop")
     before = sum(o.size for o in repo.store.list("packs/"))
