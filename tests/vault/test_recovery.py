@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 from pathlib import Path
 
+import boto3
+import pytest
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from fleetkeep.audit.service import SYSTEM
+from fleetkeep.identity import service as identity
 from fleetkeep.identity.models import User
 from fleetkeep.keys.service import Keyring
 from fleetkeep.settings import Settings
@@ -16,6 +21,9 @@ from fleetkeep.vault.repositories import open_user_repository
 from tests.backup.trees import describe
 from tests.support.servers import fleetkeep_env, run_cli
 from tests.vault.conftest import make_user
+from tests.vault.test_s3 import AWS, s3_endpoint
+
+__all__ = ["s3_endpoint"]  # the moto server fixture
 
 # Nothing listens here: a command that touched the database would fail.
 NO_DATABASE = "postgresql+psycopg://nobody@127.0.0.1:9/lost"
@@ -147,3 +155,42 @@ def test_restore_with_another_organization_key_fails_clearly(
     assert result.returncode == 1
     assert "no escrowed data key unwraps" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_restore_by_email_from_an_s3_region_without_database(
+    session: Session,
+    keyring: Keyring,
+    settings: Settings,
+    clean_engine: Engine,
+    s3_endpoint: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in AWS.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"fk-{os.urandom(4).hex()}"
+    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+        Bucket=bucket
+    )
+    url = f"s3://{bucket}/eu?endpoint_url={s3_endpoint}&region=us-east-1"
+    profile = identity.create_profile(session, SYSTEM, name="staff")
+    region = identity.create_region(session, SYSTEM, name="eu", store_url=url)
+    src = _tree(tmp_path / "src", 4)
+    for email in ("ann@example.com", "bob@example.com"):
+        user = identity.create_user(
+            session, SYSTEM, email=email, profile_id=profile.id, storage_region_id=region.id
+        )
+        repo = open_user_repository(session, keyring, user, create=True)
+        session.commit()
+        repo.backup([src], device=email.partition("@")[0])
+    key_file = _saved_key_file(settings, tmp_path)
+    _lose_database(clean_engine)
+
+    out = tmp_path / "out"
+    done = run_cli(
+        ["restore", "--from-store", url, "--key-file", str(key_file),
+         "--user", "bob@example.com", "--target", str(out)],
+        fleetkeep_env(tmp_path / "new-data", NO_DATABASE, **AWS),
+    )  # fmt: skip
+    assert "device bob" in done.stdout
+    assert describe(out / src.relative_to("/")) == describe(src)
