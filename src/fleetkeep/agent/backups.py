@@ -189,12 +189,18 @@ def _progress_fields(progress: BackupProgress) -> dict[str, int]:
     return {k: int(v) for k, v in asdict(progress).items() if k != "done"}
 
 
-def open_repository(enrollment: state.Enrollment, client: DeviceClient) -> Repository:
+@contextmanager
+def open_repository(client: DeviceClient) -> Iterator[Repository]:
+    """The user's repository for reading (restores); its pack fetchers stop on exit."""
     api = VaultApi(client)
     key = api.repository_key()
     if not key["exists"]:
         raise NoBackups("nothing has been backed up for this user yet")
-    return Repository.open(RemoteStore(api), base64.b64decode(key["dek"]), cache_dir=cache_dir())
+    store = RemoteStore(api)
+    try:
+        yield Repository.open(store, base64.b64decode(key["dek"]), cache_dir=cache_dir())
+    finally:
+        store.close()
 
 
 def choose_snapshot(
@@ -233,8 +239,10 @@ def restore(
     paths: list[str] | None = None,
 ) -> tuple[Snapshot, RestoreStats]:
     """Restore into ``target`` (the library never writes outside it)."""
-    with DeviceClient(enrollment.server, enrollment.device_token) as client:
-        repo = open_repository(enrollment, client)
+    with (
+        DeviceClient(enrollment.server, enrollment.device_token) as client,
+        open_repository(client) as repo,
+    ):
         snap = choose_snapshot(repo, snapshot_id=snapshot_id, at=at, device_id=device_id)
         stats = repo.restore(snap, target, paths or None)
     return snap, stats

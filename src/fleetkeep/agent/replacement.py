@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,12 +98,12 @@ def execute_plan(enrollment: state.Enrollment) -> tuple[dict[str, Any], Replacem
     Raises ``ServerRefused`` (``no_restore_plan`` when this device replaces none) and
     ``NoBackups`` when the old device never completed a backup.
     """
-    with DeviceClient(enrollment.server, enrollment.device_token) as client:
+    with DeviceClient(enrollment.server, enrollment.device_token) as client, ExitStack() as stack:
         doc = client.restore_plan()
         plan: dict[str, Any] = doc["plan"]
         api = VaultApi(client)
         try:
-            repo = open_repository(enrollment, client)
+            repo = stack.enter_context(open_repository(client))
             snap = choose_snapshot(repo, device_id=doc["source_device_id"])
         except NoBackups as exc:
             api.restore_plan_status("failed", str(exc))
