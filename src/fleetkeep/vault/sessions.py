@@ -205,14 +205,14 @@ def _content_matches(name: str, digest: str) -> None:
 
 
 def upload_object(
-    session: Session, device: Device, session_id: int, name: str, data: bytes, digest: str
+    session: Session, device: Device, session_id: int, name: str, data: bytes | bytearray
 ) -> bool:
-    """Store one pack or index file of the session; ``digest`` is the BLAKE3 of ``data``
-    (computed while it streamed in). Returns False when the object was already there (a
-    retried upload, or a pack an interrupted session left): it is not counted twice."""
+    """Store one pack or index file of the session, once its BLAKE3 matches its name. Returns
+    False when the object was already there (a retried upload, or a pack an interrupted
+    session left): it is not counted twice."""
     row = open_session(session, device, session_id)
     check_upload_name(name)
-    _content_matches(name, digest)
+    _content_matches(name, content_name(data))
     row.last_activity_at = utcnow()
     store = user_store(session, device.user)
     if store.exists(name):
