@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import signal
 import stat
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,57 +18,17 @@ from fleetkeep.keys.models import WrappedKey
 from fleetkeep.keys.service import user_context
 from fleetkeep.keys.wrapping import UnwrapFailed, unwrap_dek
 from tests.keys.scanning import database_bytes, find_secrets
+from tests.support.connectors import (
+    FULL,
+    ConnectorProcess,
+    connected,
+    connector_token,
+    new_key_file,
+    wait_until,
+)
 from tests.support.servers import BIN, ServerProcess, start_server, wait_ready
 
 pytestmark = pytest.mark.slow
-
-
-# ``python -m fleetkeep.connector`` is ``fleetkeep key-connector`` without the admin CLI's
-# imports (seconds less per start); one test runs the full command.
-LIGHT = [sys.executable, "-m", "fleetkeep.connector"]
-FULL = [str(BIN / "fleetkeep"), "key-connector"]
-
-
-class ConnectorProcess:
-    def __init__(
-        self,
-        server: ServerProcess,
-        key_file: Path,
-        token: str,
-        log: Path,
-        command: list[str] = LIGHT,
-    ) -> None:
-        self.args = [
-            *command,
-            "--server",
-            server.url,
-            "--key-file",
-            str(key_file),
-            "--max-backoff",
-            "1",
-        ]
-        self.env = {**server.env, "FLEETKEEP_CONNECTOR_TOKEN": token}
-        self.log_path = log
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ConnectorProcess:
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.args, env=self.env, stdout=log, stderr=subprocess.STDOUT
-            )
-        return self
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-
-    def wait_exit(self, timeout: float = 30) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture
@@ -88,33 +45,6 @@ def connectors(tmp_path: Path) -> Iterator[list[ConnectorProcess]]:
     yield started
     for connector in started:
         connector.kill()
-
-
-def _token(api: httpx.Client) -> str:
-    created = api.post("/api/v1/keys/connector-tokens", json={"label": "e2e"})
-    assert created.status_code == 201, created.text
-    token: str = created.json()["token"]
-    return token
-
-
-def _new_key_file(path: Path) -> Path:
-    subprocess.run(
-        [*LIGHT, "new-key", "--key-file", str(path)], check=True, capture_output=True, timeout=60
-    )
-    return path
-
-
-def _wait(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def _connected(api: httpx.Client, count: int = 1) -> Callable[[], bool]:
-    return lambda: len(api.get("/api/v1/keys/status").json()["connectors"]) >= count
 
 
 def _key_alerts(api: httpx.Client) -> list[dict[str, object]]:
@@ -166,12 +96,12 @@ def test_connector_serves_dies_mid_flight_alerts_and_heals_without_restart(
     server: ServerProcess, connectors: list[ConnectorProcess], tmp_path: Path
 ) -> None:
     api = server.admin_client()
-    key_file = _new_key_file(tmp_path / "customer" / "ekey.json")
-    token = _token(api)
+    key_file = new_key_file(tmp_path / "customer" / "ekey.json")
+    token = connector_token(api)
     first = ConnectorProcess(server, key_file, token, tmp_path / "connector-1.log").start()
     standby = ConnectorProcess(server, key_file, token, tmp_path / "connector-0.log").start()
     connectors.extend([first, standby])
-    _wait(_connected(api, 2), "two connectors to connect")
+    wait_until(connected(api, 2), "two connectors to connect")
 
     rotated = api.post("/api/v1/keys/rotate", json={"provider": "connector"})
     assert rotated.status_code == 200, rotated.text
@@ -197,7 +127,7 @@ def test_connector_serves_dies_mid_flight_alerts_and_heals_without_restart(
 
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(verify, u) for u in batch]
-            _wait(lambda: len(done) >= 10, "the first answers")
+            wait_until(lambda: len(done) >= 10, "the first answers")
             kill.kill()
             return [f.result() for f in futures]
 
@@ -223,7 +153,7 @@ def test_connector_serves_dies_mid_flight_alerts_and_heals_without_restart(
     # Restart: the server heals by itself and resolves the alert.
     second = ConnectorProcess(server, key_file, token, tmp_path / "connector-2.log").start()
     connectors.append(second)
-    _wait(_connected(api), "the connector to reconnect")
+    wait_until(connected(api), "the connector to reconnect")
     for user in users:
         checked = api.post(f"/api/v1/keys/users/{user}/verify")
         assert checked.status_code == 200, checked.text
@@ -254,10 +184,12 @@ def test_without_the_connector_a_fresh_server_with_only_the_database_decrypts_no
     sqlite_server: ServerProcess, connectors: list[ConnectorProcess], tmp_path: Path
 ) -> None:
     api = sqlite_server.admin_client()
-    key_file = _new_key_file(tmp_path / "customer" / "ekey.json")
-    connector = ConnectorProcess(sqlite_server, key_file, _token(api), tmp_path / "c.log").start()
+    key_file = new_key_file(tmp_path / "customer" / "ekey.json")
+    connector = ConnectorProcess(
+        sqlite_server, key_file, connector_token(api), tmp_path / "c.log"
+    ).start()
     connectors.append(connector)
-    _wait(_connected(api), "the connector to connect")
+    wait_until(connected(api), "the connector to connect")
     users = _make_users(api, 3, "only-db")
     assert api.post("/api/v1/keys/rotate", json={"provider": "connector"}).status_code == 200
     for user in users:
@@ -293,7 +225,7 @@ def test_bad_tokens_and_a_different_key_are_refused_with_clear_errors(
     sqlite_server: ServerProcess, connectors: list[ConnectorProcess], tmp_path: Path
 ) -> None:
     api = sqlite_server.admin_client()
-    key_file = _new_key_file(tmp_path / "customer" / "ekey.json")
+    key_file = new_key_file(tmp_path / "customer" / "ekey.json")
     wrong = ConnectorProcess(
         sqlite_server, key_file, "fkc_not-a-real-token", tmp_path / "w.log", command=FULL
     ).start()
@@ -301,13 +233,13 @@ def test_bad_tokens_and_a_different_key_are_refused_with_clear_errors(
     assert wrong.wait_exit(60) == 3
     assert "connector token is unknown or revoked" in wrong.log()
 
-    token = _token(api)
+    token = connector_token(api)
     good = ConnectorProcess(sqlite_server, key_file, token, tmp_path / "g.log").start()
     connectors.append(good)
-    _wait(_connected(api), "the connector to connect")
+    wait_until(connected(api), "the connector to connect")
     assert api.post("/api/v1/keys/rotate", json={"provider": "connector"}).status_code == 200
 
-    other_key = _new_key_file(tmp_path / "elsewhere" / "ekey.json")
+    other_key = new_key_file(tmp_path / "elsewhere" / "ekey.json")
     stranger = ConnectorProcess(sqlite_server, other_key, token, tmp_path / "s.log").start()
     connectors.append(stranger)
     assert stranger.wait_exit() == 4
@@ -324,17 +256,19 @@ def test_the_connector_reconnects_by_itself_when_the_server_restarts(
     sqlite_server: ServerProcess, connectors: list[ConnectorProcess], tmp_path: Path
 ) -> None:
     api = sqlite_server.admin_client()
-    key_file = _new_key_file(tmp_path / "customer" / "ekey.json")
-    connector = ConnectorProcess(sqlite_server, key_file, _token(api), tmp_path / "c.log").start()
+    key_file = new_key_file(tmp_path / "customer" / "ekey.json")
+    connector = ConnectorProcess(
+        sqlite_server, key_file, connector_token(api), tmp_path / "c.log"
+    ).start()
     connectors.append(connector)
-    _wait(_connected(api), "the connector to connect")
+    wait_until(connected(api), "the connector to connect")
     [user] = _make_users(api, 1, "restart")
     assert api.post("/api/v1/keys/rotate", json={"provider": "connector"}).status_code == 200
     assert api.post(f"/api/v1/keys/users/{user}/verify").status_code == 200
 
     # The server goes away (an upgrade, a crash) and comes back on the same address.
     sqlite_server.stop()
-    _wait(lambda: "retrying in" in connector.log(), "the connector to notice")
+    wait_until(lambda: "retrying in" in connector.log(), "the connector to notice")
     with sqlite_server.log_path.open("ab") as log:
         process = subprocess.Popen(
             [str(BIN / "fleetkeep"), "serve"],
@@ -345,7 +279,7 @@ def test_the_connector_reconnects_by_itself_when_the_server_restarts(
     sqlite_server.process = process
     wait_ready(sqlite_server)
     api = sqlite_server.admin_client()
-    _wait(_connected(api), "the connector to reconnect on its own")
+    wait_until(connected(api), "the connector to reconnect on its own")
     answer = api.post(f"/api/v1/keys/users/{user}/verify")
     assert answer.status_code == 200, answer.text
     assert connector.process is not None
