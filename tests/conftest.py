@@ -24,6 +24,7 @@ from tests.support.servers import (
     ADMIN_EMAIL,
     ADMIN_PASSWORD,
     ServerProcess,
+    free_port,
     start_server,
 )
 
@@ -148,3 +149,16 @@ def server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
         yield proc
         proc.stop()
         drop_pg_database(url)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """A moto server (S3, KMS …) on a loopback port, shared by the session's tests: each test
+    makes its own bucket or key."""
+    from moto.server import ThreadedMotoServer  # a heavy import only the AWS tests pay for
+
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    moto.start()
+    yield f"http://127.0.0.1:{port}"
+    moto.stop()

@@ -4,13 +4,10 @@ full backup → check → restore through it."""
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from fleetkeep.backup import ObjectNotFound, Repository
 from fleetkeep.backup.stores import InvalidName
@@ -19,26 +16,11 @@ from tests.backup.conftest import SMALL_CHUNKS
 from tests.backup.trees import describe
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def s3_store(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Store:
+def s3_store(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> S3Store:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     bucket = f"fk-{os.urandom(4).hex()}"
     client.create_bucket(Bucket=bucket)
     return S3Store(bucket, "users/42", client=client)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,18 +19,9 @@ from tests.keys.scanning import find_secrets
 from tests.support.servers import free_port
 
 
-@pytest.fixture(scope="module")
-def kms_endpoint() -> Iterator[str]:
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
 @pytest.fixture
-def kms(kms_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> object:
-    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", kms_endpoint)
+def kms(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> object:
+    monkeypatch.setenv("AWS_ENDPOINT_URL_KMS", moto_endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.delenv("AWS_PROFILE", raising=False)

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from fleetkeep.backup import Repository
 from fleetkeep.backup.stores.s3 import S3Store
 from tests.backup.trees import describe
 from tests.conftest import create_pg_database, drop_pg_database
-from tests.support.servers import ServerProcess, free_port, start_server
+from tests.support.servers import ServerProcess, start_server
 from tests.vault.agents import (
     assert_nothing_resent,
     make_tree,
@@ -25,15 +24,6 @@ from tests.vault.agents import (
 )
 
 AWS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    port = free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    yield f"http://127.0.0.1:{port}"
-    moto.stop()
 
 
 @pytest.fixture
@@ -51,14 +41,14 @@ def s3_server(database_url: str, tmp_path: Path) -> Iterator[ServerProcess]:
 
 
 def test_backup_to_s3_restores_byte_identical_and_checks_clean(
-    s3_server: ServerProcess, s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    s3_server: ServerProcess, moto_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for key, value in AWS.items():
         monkeypatch.setenv(key, value)
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
     bucket = f"fk-{os.urandom(4).hex()}"
     s3.create_bucket(Bucket=bucket)
-    org = setup_org(s3_server, f"s3://{bucket}/eu?endpoint_url={s3_endpoint}&region=us-east-1")
+    org = setup_org(s3_server, f"s3://{bucket}/eu?endpoint_url={moto_endpoint}&region=us-east-1")
     user = org.user("ann@example.com")
     ann = new_agent(tmp_path, s3_server, org, "ann@example.com", "ANN-PC")
     make_tree(ann.home)
