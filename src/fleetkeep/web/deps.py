@@ -7,11 +7,12 @@ therefore protected by default; nothing has to remember to add a check.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from fleetkeep.admins.models import Role
 from fleetkeep.admins.service import Principal, authenticate
@@ -24,13 +25,17 @@ SESSION_COOKIE = "fleetkeep_session"
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
-def _session(request: Request) -> Iterator[Session]:
+async def _session(request: Request) -> AsyncIterator[Session]:
+    # Async so that making and closing the session (no I/O) costs no thread-pool round trip;
+    # only a transaction the handler left open is committed (or rolled back) in a thread.
     session: Session = request.app.state.sessionmaker()
     try:
         yield session
-        session.commit()
+        if session.in_transaction():
+            await run_in_threadpool(session.commit)
     except BaseException:
-        session.rollback()
+        if session.in_transaction():
+            await run_in_threadpool(session.rollback)
         raise
     finally:
         session.close()
@@ -41,7 +46,7 @@ def _session(request: Request) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(_session, scope="function")]
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
