@@ -21,9 +21,7 @@ from fleetkeep.vault.repositories import open_user_repository
 from tests.backup.trees import describe
 from tests.support.servers import fleetkeep_env, run_cli
 from tests.vault.conftest import make_user
-from tests.vault.test_s3 import AWS, s3_endpoint
-
-__all__ = ["s3_endpoint"]  # the moto server fixture
+from tests.vault.test_s3 import AWS
 
 # Nothing listens here: a command that touched the database would fail.
 NO_DATABASE = "postgresql+psycopg://nobody@127.0.0.1:9/lost"
@@ -162,17 +160,17 @@ def test_restore_by_email_from_an_s3_region_without_database(
     keyring: Keyring,
     settings: Settings,
     clean_engine: Engine,
-    s3_endpoint: str,
+    moto_endpoint: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     for key, value in AWS.items():
         monkeypatch.setenv(key, value)
     bucket = f"fk-{os.urandom(4).hex()}"
-    boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1").create_bucket(
+    boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1").create_bucket(
         Bucket=bucket
     )
-    url = f"s3://{bucket}/eu?endpoint_url={s3_endpoint}&region=us-east-1"
+    url = f"s3://{bucket}/eu?endpoint_url={moto_endpoint}&region=us-east-1"
     profile = identity.create_profile(session, SYSTEM, name="staff")
     region = identity.create_region(session, SYSTEM, name="eu", store_url=url)
     src = _tree(tmp_path / "src", 4)
