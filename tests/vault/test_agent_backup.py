@@ -63,6 +63,23 @@ def test_backup_restores_byte_identical_and_an_unchanged_rebackup_uploads_nothin
     assert listed[0]["snapshot_id"][:12] in table
 
 
+def test_a_restore_spanning_several_packs_is_byte_identical(
+    shared_server: ServerProcess, tmp_path: Path
+) -> None:
+    # Three ~16 MiB packs: the agent fetches each whole, ahead of the writers, and serves
+    # every window and large blob of the restore as a slice of it.
+    org = setup_org(shared_server, f"file://{tmp_path / 'blobs'}", tag="-packs")
+    user = org.user("pat@example.com")
+    pat = new_agent(tmp_path, shared_server, org, "pat@example.com", "PAT-PC")
+    random_tree(pat.home, files=7, size=6_000_000, seed=11)
+    pat.ok("backup", "--quiet")
+    packs = list((tmp_path / "blobs" / "users" / str(user) / "packs").rglob("*"))
+    assert len([p for p in packs if p.is_file()]) >= 3
+    out = tmp_path / "restored"
+    pat.ok("restore", "--target", str(out))
+    assert describe(out / pat.home.relative_to("/")) == describe(pat.home)
+
+
 def test_over_quota_the_agent_fails_clearly_an_alert_is_raised_and_no_snapshot_exists(
     shared_server: ServerProcess, tmp_path: Path
 ) -> None:
