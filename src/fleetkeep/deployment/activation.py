@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from fleetkeep.audit.service import Actor, record
 from fleetkeep.db import utcnow
@@ -192,10 +192,10 @@ def _user(
 ) -> None:
     if d.auth_key is not None:
         d.mode = "auth-key"
-        d.user = session.get(User, d.auth_key.user_id)
+        d.user = session.get(User, d.auth_key.user_id, options=_USER_OPTIONS)
     elif (mapping := _device_mapping(session, req)) is not None:
         d.mode, d.mapping = "imd-v4", mapping
-        d.user = session.get(User, mapping.user_id)
+        d.user = session.get(User, mapping.user_id, options=_USER_OPTIONS)
         d.note(
             "device mapping",
             "match",
@@ -210,16 +210,14 @@ def _user(
             d.note("password", "pass", "LDAP bind with the given password succeeded")
     elif req.upn:
         d.mode = "imd-v5"
-        d.user = session.scalar(select(User).where(func.lower(User.upn) == req.upn.lower()))
+        d.user = session.scalar(_users().where(func.lower(User.upn) == req.upn.lower()))
         if d.user is None:
             _directory_user(session, d, "upn", req.upn, None)
         else:
             d.note("user", "match", f"user {d.user.id} has UPN {req.upn}")
     elif req.email:
         d.mode = "email"
-        d.user = session.scalar(
-            select(User).where(User.email_normalized == normalize_email(req.email))
-        )
+        d.user = session.scalar(_users().where(User.email_normalized == normalize_email(req.email)))
     else:
         raise d.refuse(
             "identity",
@@ -231,6 +229,14 @@ def _user(
         raise d.refuse("user", "user_not_found", f"no user matches {who!r}")
     if d.user is not None:
         _user_state(req, d, d.user)
+
+
+# Activation reads a user's profile (device limit, configuration), never their storage region.
+_USER_OPTIONS = [lazyload(User.storage_region)]
+
+
+def _users() -> Select[User]:
+    return select(User).options(*_USER_OPTIONS)
 
 
 def _directory_user(session: Session, d: Decision, by: str, value: str, domain: str | None) -> None:
@@ -251,7 +257,7 @@ def _directory_user(session: Session, d: Decision, by: str, value: str, domain: 
     )
     d.candidate = candidate
     d.user = session.scalar(
-        select(User).where(User.email_normalized == normalize_email(candidate.email))
+        _users().where(User.email_normalized == normalize_email(candidate.email))
     )
     if d.user is not None:
         d.note("user", "match", f"existing user {d.user.id} ({d.user.email})")
@@ -375,7 +381,10 @@ def _known_devices(
         wanted.append(and_(Device.user_id == user_id, Device.state != DeviceState.DECOMMISSIONED))
     if not wanted:
         return None, []
-    found = list(session.scalars(select(Device).where(or_(*wanted)).order_by(Device.id)))
+    # Not joined to their users: the only user whose devices are used further is already in
+    # the session, and a lazy load of it is answered from the identity map without a query.
+    query = select(Device).options(lazyload(Device.user)).where(or_(*wanted)).order_by(Device.id)
+    found = list(session.scalars(query))
     live = [x for x in found if x.user_id == user_id and x.state is not DeviceState.DECOMMISSIONED]
     hardware = [
         x
