@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -100,34 +100,52 @@ def serve(
     host: Annotated[str | None, typer.Option(help="listen address")] = None,
     port: Annotated[int | None, typer.Option(help="listen port")] = None,
     no_jobs: Annotated[bool, typer.Option("--no-jobs", help="do not run periodic jobs")] = False,
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="server processes sharing the port (PostgreSQL only); one process uses "
+            "at most about one core",
+        ),
+    ] = 1,
 ) -> None:
     """Run the server (API, device API, console) with migrations applied first."""
     import uvicorn
 
     from fleetkeep.observability import configure_logging
-    from fleetkeep.web.app import create_app
+    from fleetkeep.web.app import WORKER_JOBS_ENV, create_app
 
     cfg = settings()
     if host:
         cfg.listen_host = host
     if port:
         cfg.listen_port = port
+    if workers > 1 and not cfg.database_url.startswith("postgresql"):
+        fail("--workers needs PostgreSQL: SQLite takes one writer at a time", 2)
     configure_logging(cfg.log_level, cfg.log_format)
     eng = engine()
-    application = create_app(cfg, engine=eng, run_jobs=not no_jobs)
     console.print(
         f"fleetkeep {__version__} on http://{cfg.listen_host}:{cfg.listen_port}/ "
-        f"(database {_safe_url(cfg.database_url)})",
+        f"(database {_safe_url(cfg.database_url)}, {workers} process(es))",
         highlight=False,
     )
-    uvicorn.run(
-        application,
-        host=cfg.listen_host,
-        port=cfg.listen_port,
-        log_config=None,
-        proxy_headers=True,
-        server_header=False,
-    )
+    options: dict[str, Any] = {
+        "host": cfg.listen_host,
+        "port": cfg.listen_port,
+        "log_config": None,
+        "proxy_headers": True,
+        "server_header": False,
+    }
+    if workers == 1:
+        uvicorn.run(create_app(cfg, engine=eng, run_jobs=not no_jobs), **options)
+        return
+    # Workers are fresh interpreters that build their own app from the environment (the
+    # migrations are already applied); jobs are safe to run in every one, as in replicas.
+    eng.dispose()
+    os.environ["FLEETKEEP_LISTEN_HOST"] = cfg.listen_host
+    os.environ["FLEETKEEP_LISTEN_PORT"] = str(cfg.listen_port)
+    os.environ[WORKER_JOBS_ENV] = "0" if no_jobs else "1"
+    uvicorn.run("fleetkeep.web.app:worker_app", factory=True, workers=workers, **options)
 
 
 def _safe_url(url: str) -> str:

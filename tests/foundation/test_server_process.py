@@ -10,7 +10,8 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Playwright, sync_playwright
 
-from tests.support.servers import ServerProcess, fleetkeep_env, run_cli
+from tests.conftest import create_pg_database, drop_pg_database
+from tests.support.servers import ServerProcess, fleetkeep_env, run_cli, start_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -157,3 +158,24 @@ def test_init_is_idempotent_and_invalid_settings_stop_start_up(tmp_path: Path) -
     bad = run_cli(["serve"], {**env, "FLEETKEEP_CONFIG": str(toml)}, check=False)
     assert bad.returncode == 2
     assert "listen_port" in bad.stderr
+
+
+def test_serve_workers_share_one_port_on_postgresql_and_sqlite_keeps_one(
+    database_url: str, tmp_path: Path
+) -> None:
+    if database_url.startswith("sqlite"):
+        env = fleetkeep_env(tmp_path / "data", f"sqlite:///{tmp_path / 'data' / 'fk.db'}")
+        result = run_cli(["serve", "--workers", "2"], env, check=False)
+        assert result.returncode == 2
+        assert "--workers needs PostgreSQL" in result.stderr
+        return
+    url = create_pg_database("fk_workers")
+    server = start_server(tmp_path / "server", url, jobs=False, serve_args=["--workers", "2"])
+    try:
+        with server.admin_client() as api:
+            for _ in range(6):
+                assert api.get("/api/v1/profiles").status_code == 200
+    finally:
+        server.stop()
+        drop_pg_database(url)
+    assert server.process.returncode is not None

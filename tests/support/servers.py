@@ -105,6 +105,7 @@ def start_server(
     init: bool = True,
     extra_env: dict[str, str] | None = None,
     jobs: bool = True,
+    serve_args: list[str] | None = None,
 ) -> ServerProcess:
     data_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -116,7 +117,7 @@ def start_server(
             ["init", "--email", ADMIN_EMAIL, "--password-stdin"], env, stdin=ADMIN_PASSWORD + "\n"
         )
     log_path = data_dir / "server.log"
-    args = [str(BIN / "fleetkeep"), "serve"] + ([] if jobs else ["--no-jobs"])
+    args = [str(BIN / "fleetkeep"), "serve", *(serve_args or [])] + ([] if jobs else ["--no-jobs"])
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = ServerProcess(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -26,8 +27,8 @@ from fleetkeep.jobs.registry import builtin_jobs
 from fleetkeep.jobs.scheduler import Scheduler
 from fleetkeep.keys import api as keys_api
 from fleetkeep.keys import endpoint as keys_endpoint
-from fleetkeep.observability import Metrics
-from fleetkeep.settings import Settings
+from fleetkeep.observability import Metrics, configure_logging
+from fleetkeep.settings import Settings, load_settings
 from fleetkeep.vault import api as vault_api
 from fleetkeep.vault import device_api as vault_device_api
 from fleetkeep.vault.sessions import MAX_OBJECT_BYTES
@@ -54,12 +55,12 @@ ADMIN_ROUTERS: list[APIRouter] = [
 ]
 # Routers mounted as they are (they carry their own auth: device tokens, SCIM tokens …).
 OTHER_ROUTERS: list[APIRouter] = [
-    health.router,
-    console_views.router,
-    keys_endpoint.router,
     device_api.router,
     vault_device_api.router,
+    health.router,
+    keys_endpoint.router,
     scim_api.router,
+    console_views.router,
 ]
 # Larger body limits for upload routes, by path prefix.
 BODY_LIMITS: dict[str, int] = {
@@ -67,6 +68,17 @@ BODY_LIMITS: dict[str, int] = {
     "/api/v1/imports": 33 * 1024 * 1024,
     vault_device_api.UPLOAD_PREFIX: MAX_OBJECT_BYTES,
 }
+
+
+# Set by ``fleetkeep serve --workers N`` for its worker processes: "0" when jobs are off.
+WORKER_JOBS_ENV = "FLEETKEEP_SERVE_JOBS"
+
+
+def worker_app() -> FastAPI:
+    """The app of one ``fleetkeep serve --workers N`` process (uvicorn spawns each one)."""
+    settings = load_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings, run_jobs=os.environ.get(WORKER_JOBS_ENV) != "0")
 
 
 def create_app(
@@ -100,13 +112,15 @@ def create_app(
     app.state.metrics.registry.register(DomainCollector(factory))
 
     problems.install(app)
+    # Routes are matched one by one in order: the device API (thousands of agents) comes
+    # before the ~80 admin routes, which it would otherwise be compared against on every call.
+    for router in OTHER_ROUTERS:
+        app.include_router(router)
     api = APIRouter(prefix="/api/v1", dependencies=[Depends(authorize)])
     for router in ADMIN_ROUTERS:
         api.include_router(router)
     app.include_router(admins_api.public, prefix="/api/v1")
     app.include_router(api)
-    for router in OTHER_ROUTERS:
-        app.include_router(router)
 
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, overrides=BODY_LIMITS)
     app.add_middleware(RequestContext, metrics=app.state.metrics)
