@@ -6,12 +6,12 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
 
 from fleetkeep.agent.remote import PackCache
 from fleetkeep.backup.errors import ObjectNotFound
+from tests.support.waits import wait_for
 
 PACKS = {f"packs/{i:02x}/{i:02x}{'0' * 62}": os.urandom(3 * 1024 * 1024 + i) for i in range(8)}
 
@@ -44,13 +44,6 @@ def test_ranged_reads_return_the_exact_bytes_with_one_fetch_per_pack() -> None:
     assert fetch.calls == Counter(dict.fromkeys(PACKS, 1))
 
 
-def wait_until(condition: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 10
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_hinted_packs_are_fetched_ahead_but_never_more_than_ahead_unread() -> None:
     fetch = CountingFetch()
     names = list(PACKS)
@@ -58,11 +51,11 @@ def test_hinted_packs_are_fetched_ahead_but_never_more_than_ahead_unread() -> No
     try:
         for name in names:
             cache.prefetch(name)
-        wait_until(lambda: len(fetch.calls) == 2)
+        wait_for(lambda: len(fetch.calls) == 2, "two fetches")
         time.sleep(0.1)
         assert set(fetch.calls) == set(names[:2])
         cache.read(names[0], 0, 10)  # read: one more hinted pack may start
-        wait_until(lambda: len(fetch.calls) == 3)
+        wait_for(lambda: len(fetch.calls) == 3, "a third fetch")
         time.sleep(0.1)
         assert set(fetch.calls) == set(names[:3])
         for name in names:

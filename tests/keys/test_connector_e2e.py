@@ -24,9 +24,9 @@ from tests.support.connectors import (
     connected,
     connector_token,
     new_key_file,
-    wait_until,
 )
 from tests.support.servers import BIN, ServerProcess, start_server, wait_ready
+from tests.support.waits import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +101,7 @@ def test_connector_serves_dies_mid_flight_alerts_and_heals_without_restart(
     first = ConnectorProcess(server, key_file, token, tmp_path / "connector-1.log").start()
     standby = ConnectorProcess(server, key_file, token, tmp_path / "connector-0.log").start()
     connectors.extend([first, standby])
-    wait_until(connected(api, 2), "two connectors to connect")
+    wait_for(connected(api, 2), "two connectors to connect")
 
     rotated = api.post("/api/v1/keys/rotate", json={"provider": "connector"})
     assert rotated.status_code == 200, rotated.text
@@ -127,7 +127,7 @@ def test_connector_serves_dies_mid_flight_alerts_and_heals_without_restart(
 
         with ThreadPoolExecutor(6) as pool:
             futures = [pool.submit(verify, u) for u in batch]
-            wait_until(lambda: len(done) >= 10, "the first answers")
+            wait_for(lambda: len(done) >= 10, "the first answers")
             kill.kill()
             return [f.result() for f in futures]
 
@@ -153,7 +153,7 @@ def test_connector_serves_dies_mid_flight_alerts_and_heals_without_restart(
     # Restart: the server heals by itself and resolves the alert.
     second = ConnectorProcess(server, key_file, token, tmp_path / "connector-2.log").start()
     connectors.append(second)
-    wait_until(connected(api), "the connector to reconnect")
+    wait_for(connected(api), "the connector to reconnect")
     for user in users:
         checked = api.post(f"/api/v1/keys/users/{user}/verify")
         assert checked.status_code == 200, checked.text
@@ -189,7 +189,7 @@ def test_without_the_connector_a_fresh_server_with_only_the_database_decrypts_no
         sqlite_server, key_file, connector_token(api), tmp_path / "c.log"
     ).start()
     connectors.append(connector)
-    wait_until(connected(api), "the connector to connect")
+    wait_for(connected(api), "the connector to connect")
     users = _make_users(api, 3, "only-db")
     assert api.post("/api/v1/keys/rotate", json={"provider": "connector"}).status_code == 200
     for user in users:
@@ -236,7 +236,7 @@ def test_bad_tokens_and_a_different_key_are_refused_with_clear_errors(
     token = connector_token(api)
     good = ConnectorProcess(sqlite_server, key_file, token, tmp_path / "g.log").start()
     connectors.append(good)
-    wait_until(connected(api), "the connector to connect")
+    wait_for(connected(api), "the connector to connect")
     assert api.post("/api/v1/keys/rotate", json={"provider": "connector"}).status_code == 200
 
     other_key = new_key_file(tmp_path / "elsewhere" / "ekey.json")
@@ -261,14 +261,14 @@ def test_the_connector_reconnects_by_itself_when_the_server_restarts(
         sqlite_server, key_file, connector_token(api), tmp_path / "c.log"
     ).start()
     connectors.append(connector)
-    wait_until(connected(api), "the connector to connect")
+    wait_for(connected(api), "the connector to connect")
     [user] = _make_users(api, 1, "restart")
     assert api.post("/api/v1/keys/rotate", json={"provider": "connector"}).status_code == 200
     assert api.post(f"/api/v1/keys/users/{user}/verify").status_code == 200
 
     # The server goes away (an upgrade, a crash) and comes back on the same address.
     sqlite_server.stop()
-    wait_until(lambda: "retrying in" in connector.log(), "the connector to notice")
+    wait_for(lambda: "retrying in" in connector.log(), "the connector to notice")
     with sqlite_server.log_path.open("ab") as log:
         process = subprocess.Popen(
             [str(BIN / "fleetkeep"), "serve"],
@@ -279,7 +279,7 @@ def test_the_connector_reconnects_by_itself_when_the_server_restarts(
     sqlite_server.process = process
     wait_ready(sqlite_server)
     api = sqlite_server.admin_client()
-    wait_until(connected(api), "the connector to reconnect on its own")
+    wait_for(connected(api), "the connector to reconnect on its own")
     answer = api.post(f"/api/v1/keys/users/{user}/verify")
     assert answer.status_code == 200, answer.text
     assert connector.process is not None

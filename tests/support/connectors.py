@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -73,15 +72,6 @@ def new_key_file(path: Path) -> Path:
         [*LIGHT, "new-key", "--key-file", str(path)], check=True, capture_output=True, timeout=60
     )
     return path
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def connected(api: httpx.Client, count: int = 1) -> Callable[[], bool]:

@@ -8,8 +8,6 @@ import os
 import random
 import re
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,15 +150,6 @@ def restart(server: ServerProcess) -> None:
             [str(BIN / "fleetkeep"), "serve"], env=server.env, stdout=log, stderr=subprocess.STDOUT
         )
     wait_ready(server)
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def make_tree(root: Path) -> None:

@@ -11,13 +11,13 @@ from pathlib import Path
 
 from tests.backup.trees import describe
 from tests.support.servers import ServerProcess, run_cli
+from tests.support.waits import wait_for
 from tests.vault.agents import (
     assert_nothing_resent,
     make_tree,
     new_agent,
     random_tree,
     setup_org,
-    wait_for,
 )
 
 

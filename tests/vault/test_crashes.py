@@ -13,13 +13,13 @@ from fleetkeep.backup import Repository
 from fleetkeep.backup.stores import FilesystemStore
 from tests.backup.trees import describe
 from tests.support.servers import ServerProcess
+from tests.support.waits import wait_for
 from tests.vault.agents import (
     new_agent,
     random_tree,
     restart,
     setup_org,
     small_pack_repository,
-    wait_for,
 )
 
 SEED = 8

@@ -12,9 +12,9 @@ from tests.support.connectors import (
     connected,
     connector_token,
     new_key_file,
-    wait_until,
 )
 from tests.support.servers import ServerProcess
+from tests.support.waits import wait_for
 from tests.vault.agents import new_agent, random_tree, setup_org
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def test_without_a_connected_key_provider_the_backup_fails_cleanly_and_works_whe
     token = connector_token(org.admin)
     connector = ConnectorProcess(server, key_file, token, tmp_path / "c1.log").start()
     try:
-        wait_until(connected(org.admin), "the connector to connect")
+        wait_for(connected(org.admin), "the connector to connect")
         rotated = org.admin.post("/api/v1/keys/rotate", json={"provider": "connector"})
         assert rotated.status_code == 200, rotated.text
         org.user("ann@example.com")
@@ -38,7 +38,7 @@ def test_without_a_connected_key_provider_the_backup_fails_cleanly_and_works_whe
         random_tree(ann.home, files=2, size=100_000, seed=3)
     finally:
         connector.kill()
-    wait_until(lambda: not connected(org.admin)(), "the connector to be gone")
+    wait_for(lambda: not connected(org.admin)(), "the connector to be gone")
 
     refused = ann.run("backup", "--quiet")
     assert refused.returncode == EXIT_TRY_LATER, refused.stderr
@@ -50,7 +50,7 @@ def test_without_a_connected_key_provider_the_backup_fails_cleanly_and_works_whe
 
     back = ConnectorProcess(server, key_file, token, tmp_path / "c2.log").start()
     try:
-        wait_until(connected(org.admin), "the connector to come back")
+        wait_for(connected(org.admin), "the connector to come back")
         assert "snapshot" in ann.ok("backup", "--quiet")
     finally:
         back.kill()
