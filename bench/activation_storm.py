@@ -13,6 +13,13 @@ Prints throughput and p50/p99 latency against the target (300 activations/s, 0 u
 errors, no duplicate devices) as a ratio. ``--replicas 2`` runs two stateless server
 processes behind a client-side round robin (one per core); ``--workers 2`` runs each as
 ``fleetkeep serve --workers 2`` (two processes on one port). Server CPU counts every process.
+
+Figures (2026-11-23, 10,457 requests, 2 cores shared with other sessions' work, so throughput
+follows the load average more than the code; server CPU per activation is the steadier figure):
+before (9 statements, pre-ping, admin routes first) 39.8/s at load 10.7 and 103/s at load 5.5,
+8.9 and 8.75 ms CPU; after (no pre-ping, async session dependency, device routes first,
+narrower reads) 40.0/s at load 10.3 and 72/s at load 7-8, 8.3 and 7.1 ms CPU; ``--workers 2``
+66/s at load 10.3 and 108/s at load 4.6-5.6, 8.5 and 7.4 ms CPU. Target not met.
 """
 
 from __future__ import annotations
