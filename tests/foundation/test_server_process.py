@@ -12,6 +12,7 @@ from playwright.sync_api import Browser, Playwright, sync_playwright
 
 from tests.conftest import create_pg_database, drop_pg_database
 from tests.support.servers import ServerProcess, fleetkeep_env, run_cli, start_server
+from tests.support.waits import wait_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -63,8 +64,15 @@ def test_logs_are_structured_carry_request_ids_and_no_secrets(server: ServerProc
         created = api.post("/api/v1/tokens", json={"label": "probe"}).json()
         response = api.get("/api/v1/me")
     rid = response.headers["x-request-id"]
-    lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
-    assert any(line.get("request_id") == rid and line.get("path") == "/api/v1/me" for line in lines)
+
+    def logged() -> bool:
+        # The access line is written as the response finishes: it may land just after we read.
+        lines = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
+        return any(
+            line.get("request_id") == rid and line.get("path") == "/api/v1/me" for line in lines
+        )
+
+    wait_for(logged, "the request's log line", timeout=10)
     text = server.log()
     assert server.admin_password not in text
     assert created["token"] not in text
