@@ -1,18 +1,26 @@
 """SCIM load: 20,000 mixed operations from 32 concurrent clients against ``fleetkeep serve``.
 
-Mix: 60 % GET by filter (``userName eq``), 25 % PATCH (replace title / toggle active),
-15 % POST (new users). The server runs on a throw-away PostgreSQL database on loopback;
-the load generator runs on the same machine (it takes CPU from the server, as a real
-co-located client would not: the figures are a floor). Prints throughput, p50/p99 latency
-and errors, against the target (500 req/s, p99 < 50 ms, 0 errors) as a ratio.
+Mix: 60 % GET by filter (``userName eq``), 25 % PATCH (replace title), 15 % POST (new
+users). The server runs ``--workers 2`` (one process per core) on a throw-away PostgreSQL
+database on loopback; the load generator runs on the same machine and takes CPU from the
+server, as a real co-located client would not: the figures are a floor. Prints throughput,
+p50/p99 latency and errors against the target (500 req/s, p99 < 50 ms, 0 errors), and the
+CPU each operation costs the server processes, PostgreSQL and the load generator
+(``--per-kind N`` then runs N operations of each kind alone to split server CPU by kind).
 
-    uv run python bench/scim_load.py [--ops 20000] [--clients 32] [--workers 1]
+The client is lean on purpose (httpx costs ~1 ms of CPU a request, on the cores the server
+needs): one keep-alive HTTP/1.1 connection per client over asyncio streams, a
+``Content-Length`` body each way. It still checks every status, parses every body and checks
+what it needs: a created user's id and userName, the user a filter found, a patched title.
+
+    uv run python bench/scim_load.py [--ops 20000] [--clients 32] [--workers 2] [--per-kind 0]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import random
 import signal
@@ -21,9 +29,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote, urlsplit
 
-import httpx
+import psycopg
+import uvloop
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -42,9 +54,10 @@ from tests.support.servers import (  # noqa: E402
 USER = "urn:ietf:params:scim:schemas:core:2.0:User"
 PATCH = "urn:ietf:params:scim:api:messages:2.0:PatchOp"
 TARGET_RPS, TARGET_P99_MS = 500.0, 50.0
+KINDS = ("get", "patch", "post")
 
 
-def start(data_dir: Path, url: str, index: int) -> ServerProcess:
+def start(data_dir: Path, url: str, index: int, workers: int) -> ServerProcess:
     """One ``fleetkeep serve`` replica; all share the database (and the data directory)."""
     port = free_port()
     env = fleetkeep_env(
@@ -57,7 +70,12 @@ def start(data_dir: Path, url: str, index: int) -> ServerProcess:
     log_path = data_dir / f"server{index}.log"
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [str(Path(sys.executable).parent / "fleetkeep"), "serve", "--no-jobs"],
+        [
+            str(Path(sys.executable).parent / "fleetkeep"),
+            "serve",
+            "--no-jobs",
+            f"--workers={workers}",
+        ],
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -81,79 +99,301 @@ def prepare(server: ServerProcess) -> str:
     return token
 
 
-def user_body(name: str) -> dict[str, object]:
-    return {
-        "schemas": [USER],
-        "userName": name,
-        "active": True,
-        "displayName": name.split("@")[0],
-        "emails": [{"value": name, "type": "work", "primary": True}],
-    }
+def user_body(name: str) -> bytes:
+    return json.dumps(
+        {
+            "schemas": [USER],
+            "userName": name,
+            "active": True,
+            "displayName": name.split("@")[0],
+            "emails": [{"value": name, "type": "work", "primary": True}],
+        }
+    ).encode()
+
+
+# The client -----------------------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    """The server's answer is not the HTTP/1.1 this client speaks."""
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection, reopened when the server closes it."""
+
+    def __init__(self, base: str, token: str) -> None:
+        parts = urlsplit(base)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        self.head = (
+            f"Host: {parts.netloc}\r\nAuthorization: Bearer {token}\r\n"
+            "Accept: application/scim+json\r\n"
+        )
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        if self.reader is None or self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = f"{method} {path} HTTP/1.1\r\n{self.head}"
+        if body is not None:
+            head += f"Content-Type: application/scim+json\r\nContent-Length: {len(body)}\r\n"
+        try:
+            self.writer.write(head.encode() + b"\r\n" + (body or b""))
+            status, length, close = _parse_head(await self.reader.readuntil(b"\r\n\r\n"))
+            answer = await self.reader.readexactly(length) if length else b""
+        except BaseException:
+            self.close()
+            raise
+        if close:
+            self.close()
+        return status, answer
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def _parse_head(head: bytes) -> tuple[int, int, bool]:
+    """Status, Content-Length and whether the server closes the connection after this answer."""
+    lines = head[:-4].split(b"\r\n")
+    version, _, rest = lines[0].partition(b" ")
+    if version != b"HTTP/1.1":
+        raise ProtocolError(f"status line {lines[0]!r}")
+    length, close = 0, False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"connection":
+            close = value.strip().lower() == b"close"
+        elif name == b"transfer-encoding":
+            raise ProtocolError("chunked answers are not expected")
+    return int(rest[:3]), length, close
+
+
+# The load -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What a load run measured."""
+
+    latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
+    errors: dict[str, int] = field(default_factory=dict)
+    elapsed: float = 0.0
+
+    def error(self, key: str) -> None:
+        self.errors[key] = self.errors.get(key, 0) + 1
+
+    @property
+    def ops(self) -> int:
+        return sum(len(v) for v in self.latencies.values())
+
+
+async def seed(connections: list[Connection], users: int) -> list[tuple[str, str]]:
+    """``users`` users made over the API before the load, so GETs and PATCHes have targets."""
+    known: list[tuple[str, str]] = []
+    names = iter(range(users))
+
+    async def client(connection: Connection) -> None:
+        for i in names:
+            name = f"seed{i}@bench.example"
+            status, body = await connection.request("POST", "/scim/v2/Users", user_body(name))
+            created = json.loads(body)
+            if status != 201 or created.get("userName") != name:
+                raise SystemExit(f"seeding {name}: {status} {body[:300]!r}")
+            known.append((created["id"], name))
+
+    await asyncio.gather(*(client(c) for c in connections))
+    return known
 
 
 async def run_load(
-    bases: list[str], token: str, ops: int, clients: int, seed_users: int
-) -> tuple[list[float], int, float, dict[str, int]]:
-    """Clients spread over the replicas round-robin, as a load balancer would."""
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/scim+json"}
-    # uvicorn closes a connection idle for 5 s; dropping ours after 4 s avoids the race where
-    # the client reuses a connection the server is closing (a ReadError that is no server fault).
-    limits = httpx.Limits(
-        max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=4.0
+    connections: list[Connection], known: list[tuple[str, str]], plan: list[str], seed: int
+) -> Run:
+    """Every client takes the next operation of the plan until none is left (closed loop)."""
+    rng = random.Random(seed)
+    run = Run()
+    todo = iter(enumerate(plan))
+
+    async def get(connection: Connection, n: int) -> str | None:
+        uid, name = known[rng.randrange(len(known))]
+        path = "/scim/v2/Users?filter=" + quote(f'userName eq "{name}"')
+        status, body = await connection.request("GET", path)
+        if status != 200:
+            return str(status)
+        found = json.loads(body).get("Resources") or [{}]
+        return None if found[0].get("id") == uid else "wrong user"
+
+    async def patch(connection: Connection, n: int) -> str | None:
+        uid, _ = known[rng.randrange(len(known))]
+        title = f"t{n}"
+        op = {"op": "replace", "path": "title", "value": title}
+        payload = json.dumps({"schemas": [PATCH], "Operations": [op]}).encode()
+        status, body = await connection.request("PATCH", f"/scim/v2/Users/{uid}", payload)
+        if status != 200:
+            return str(status)
+        return None if json.loads(body).get("title") == title else "title not patched"
+
+    async def post(connection: Connection, n: int) -> str | None:
+        name = f"load{n}-{seed}@bench.example"
+        status, body = await connection.request("POST", "/scim/v2/Users", user_body(name))
+        if status != 201:
+            return str(status)
+        created = json.loads(body)
+        if created.get("userName") != name or not str(created.get("id", "")).isdigit():
+            return "bad creation answer"
+        known.append((created["id"], name))
+        return None
+
+    send: dict[str, Callable[[Connection, int], Awaitable[str | None]]] = {
+        "get": get,
+        "patch": patch,
+        "post": post,
+    }
+
+    async def client(connection: Connection) -> None:
+        for n, kind in todo:
+            began = time.perf_counter()
+            try:
+                failure = await send[kind](connection, n)
+            except (OSError, asyncio.IncompleteReadError, ProtocolError, ValueError) as exc:
+                failure = type(exc).__name__
+            run.latencies[kind].append((time.perf_counter() - began) * 1000)
+            if failure is not None:
+                run.error(f"{kind} {failure}")
+
+    began = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in connections))
+    run.elapsed = time.perf_counter() - began
+    return run
+
+
+# CPU accounting -------------------------------------------------------------------------------
+
+
+def _ticks(pid: str) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])
+
+
+def _children(pids: Iterable[int]) -> set[str]:
+    """The processes and their direct children (uvicorn's workers)."""
+    wanted = {str(p) for p in pids}
+    found = set(wanted)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = stat.read_text().rsplit(")", 1)[1].split()[1]
+        except OSError:
+            continue
+        if parent in wanted:
+            found.add(stat.parent.name)
+    return found
+
+
+class CpuMeter:
+    """CPU seconds of the server processes, of the database's backends and of this process."""
+
+    def __init__(self, servers: list[ServerProcess], database_url: str) -> None:
+        self.servers = _children(s.process.pid for s in servers)
+        self.dsn = database_url.replace("postgresql+psycopg://", "postgresql://")
+        self.name = database_url.rsplit("/", 1)[1]
+        self.start: tuple[dict[str, int], dict[str, int], float] = self._sample()
+
+    def _backends(self) -> set[str]:
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (self.name,),
+            ).fetchall()
+        return {str(pid) for (pid,) in rows}
+
+    def _sample(self) -> tuple[dict[str, int], dict[str, int], float]:
+        return (
+            {p: _ticks(p) for p in self.servers},
+            {p: _ticks(p) for p in self._backends()},
+            time.process_time(),
+        )
+
+    def restart(self) -> None:
+        self.start = self._sample()
+
+    def spent(self) -> tuple[float, float, float]:
+        """Seconds since the start: server processes, PostgreSQL backends, load generator."""
+        servers, backends, own = self._sample()
+        tick = os.sysconf("SC_CLK_TCK")
+
+        def delta(now: dict[str, int], then: dict[str, int]) -> float:
+            return sum(v - then.get(p, 0) for p, v in now.items()) / tick
+
+        return (
+            delta(servers, self.start[0]),
+            delta(backends, self.start[1]),
+            own - self.start[2],
+        )
+
+
+# Report ---------------------------------------------------------------------------------------
+
+
+def report(
+    run: Run, cpu: tuple[float, float, float], args: argparse.Namespace, load: float
+) -> None:
+    every = sorted(v for values in run.latencies.values() for v in values)
+    rps = len(every) / run.elapsed
+    p50 = statistics.median(every)
+    p99 = every[int(len(every) * 0.99) - 1]
+    print(
+        f"SCIM load: {len(every)} ops, {args.clients} clients, PostgreSQL, {args.servers} "
+        f"server(s) x {args.workers} worker(s), {os.cpu_count()} CPUs, load average before "
+        f"start {load:.1f} (other work on the machine)"
     )
-    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=60) as http:
-        known: list[tuple[str, str]] = []
-        for i in range(seed_users):
-            name = f"seed{i}@bench.example"
-            response = await http.post(f"{bases[0]}/scim/v2/Users", json=user_body(name))
-            response.raise_for_status()
-            known.append((response.json()["id"], name))
-        rng = random.Random(7)
-        plan = rng.choices(["get", "patch", "post"], weights=[60, 25, 15], k=ops)
-        latencies: list[float] = []
-        errors: dict[str, int] = {}
-        queue: asyncio.Queue[tuple[int, str]] = asyncio.Queue()
-        for item in enumerate(plan):
-            queue.put_nowait(item)
-
-        async def worker(base: str) -> None:
-            while not queue.empty():
-                n, kind = queue.get_nowait()
-                uid, name = known[rng.randrange(len(known))]
-                began = time.perf_counter()
-                try:
-                    response = await send(base, kind, n, uid, name)
-                except httpx.TransportError as exc:
-                    latencies.append((time.perf_counter() - began) * 1000)
-                    key = f"{kind} {type(exc).__name__}"
-                    errors[key] = errors.get(key, 0) + 1
-                    continue
-                latencies.append((time.perf_counter() - began) * 1000)
-                if kind == "post" and response.status_code == 201:
-                    known.append((response.json()["id"], response.json()["userName"]))
-                missing = kind == "get" and not response.json().get("Resources")
-                if response.status_code >= 400 or missing:
-                    key = f"{kind} {response.status_code}"
-                    errors[key] = errors.get(key, 0) + 1
-
-        async def send(base: str, kind: str, n: int, uid: str, name: str) -> httpx.Response:
-            if kind == "get":
-                return await http.get(
-                    f"{base}/scim/v2/Users", params={"filter": f'userName eq "{name}"'}
-                )
-            if kind == "patch":
-                op = {"op": "replace", "path": "title", "value": f"t{n}"}
-                return await http.patch(
-                    f"{base}/scim/v2/Users/{uid}", json={"schemas": [PATCH], "Operations": [op]}
-                )
-            return await http.post(
-                f"{base}/scim/v2/Users", json=user_body(f"load{n}@bench.example")
+    ratio = rps / TARGET_RPS
+    print(f"  throughput  ours {rps:8.1f} req/s target {TARGET_RPS:4.0f}  ratio {ratio:.2f}")
+    print(f"  p50         ours {p50:8.1f} ms")
+    print(
+        f"  p99         ours {p99:8.1f} ms     target {TARGET_P99_MS:4.0f}  "
+        f"ratio {p99 / TARGET_P99_MS:.2f}"
+    )
+    for kind, values in run.latencies.items():
+        if values:
+            values.sort()
+            print(
+                f"  {kind:5}       {len(values):6} ops, p50 {statistics.median(values):6.1f} ms, "
+                f"p99 {values[int(len(values) * 0.99) - 1]:6.1f} ms"
             )
+    print(f"  errors      {sum(run.errors.values())} {run.errors or ''}")
+    server, database, client = (s * 1000 / len(every) for s in cpu)
+    print(
+        f"  CPU per op  server {server:.2f} ms, PostgreSQL {database:.2f} ms, "
+        f"load generator {client:.2f} ms (total {server + database + client:.2f} ms)"
+    )
 
-        began = time.perf_counter()
-        await asyncio.gather(*(worker(bases[i % len(bases)]) for i in range(clients)))
-        elapsed = time.perf_counter() - began
-    return latencies, sum(errors.values()), elapsed, errors
+
+async def bench(
+    bases: list[str], token: str, args: argparse.Namespace, meter: Callable[[], CpuMeter]
+) -> tuple[Run, tuple[float, float, float], dict[str, tuple[float, float, float]]]:
+    connections = [Connection(bases[i % len(bases)], token) for i in range(args.clients)]
+    known = await seed(connections, args.seed_users)
+    plan = random.Random(7).choices(KINDS, weights=[60, 25, 15], k=args.ops)
+    cpu = meter()
+    run = await run_load(connections, known, plan, seed=1)
+    spent = cpu.spent()
+    by_kind: dict[str, tuple[float, float, float]] = {}
+    for number, kind in enumerate(KINDS if args.per_kind else ()):
+        cpu.restart()
+        alone = await run_load(connections, known, [kind] * args.per_kind, seed=2 + number)
+        if alone.errors:
+            run.errors.update({f"alone {k}": v for k, v in alone.errors.items()})
+        by_kind[kind] = tuple(s * 1000 / alone.ops for s in cpu.spent())  # type: ignore[assignment]
+    for connection in connections:
+        connection.close()
+    return run, spent, by_kind
 
 
 def main() -> None:
@@ -161,19 +401,23 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=20_000)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seed-users", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2, help="processes per server")
     parser.add_argument(
         "--servers", type=int, default=1, help="fleetkeep serve replicas (round-robin)"
+    )
+    parser.add_argument(
+        "--per-kind", type=int, default=0, help="then N ops of each kind alone: CPU by kind"
     )
     args = parser.parse_args()
     load = os.getloadavg()[0]
     url = create_pg_database("fk_bench")
     with tempfile.TemporaryDirectory(prefix="fk-bench-") as tmp:
-        servers = [start(Path(tmp), url, i) for i in range(args.servers)]
+        servers = [start(Path(tmp), url, i, args.workers) for i in range(args.servers)]
         try:
             token = prepare(servers[0])
             bases = [server.url for server in servers]
-            latencies, errors, elapsed, kinds = asyncio.run(
-                run_load(bases, token, args.ops, args.clients, args.seed_users)
+            run, cpu, by_kind = uvloop.run(
+                bench(bases, token, args, lambda: CpuMeter(servers, url))
             )
         finally:
             for server in servers:
@@ -182,22 +426,12 @@ def main() -> None:
                 server.process.send_signal(signal.SIGINT)
                 server.process.wait(20)
             drop_pg_database(url)
-    latencies.sort()
-    rps = len(latencies) / elapsed
-    p50 = statistics.median(latencies)
-    p99 = latencies[int(len(latencies) * 0.99) - 1]
-    print(
-        f"SCIM load: {len(latencies)} ops, {args.clients} clients, PostgreSQL, "
-        f"{args.servers} server process(es), {os.cpu_count()} CPUs, load before start "
-        f"{load:.1f} (other work on the machine)"
-    )
-    ratio_rps, ratio_p99 = rps / TARGET_RPS, p99 / TARGET_P99_MS
-    print(f"  throughput  ours {rps:8.1f} req/s target {TARGET_RPS:4.0f}  ratio {ratio_rps:.2f}")
-    print(f"  p50         ours {p50:8.1f} ms")
-    print(
-        f"  p99         ours {p99:8.1f} ms     target {TARGET_P99_MS:4.0f}  ratio {ratio_p99:.2f}"
-    )
-    print(f"  errors      {errors} {kinds if kinds else ''}")
+    report(run, cpu, args, load)
+    for kind, (served, database, client) in by_kind.items():
+        print(
+            f"  {kind:5} alone ({args.per_kind} ops): CPU per op server {served:.2f} ms, "
+            f"PostgreSQL {database:.2f} ms, load generator {client:.2f} ms"
+        )
 
 
 if __name__ == "__main__":
