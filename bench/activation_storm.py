@@ -7,7 +7,7 @@ on one event loop; the server runs on a throw-away PostgreSQL database on loopba
 generator shares the machine's 2 cores with the server, so the figures are a floor.
 
     uv run python bench/activation_storm.py [--devices 10000] [--users 2000] [--clients 64]
-                                            [--replicas 1] [--workers 1]
+                                            [--replicas 1] [--workers 2]
 
 Prints throughput and p50/p99 latency against the target (300 activations/s, 0 unexpected
 errors, no duplicate devices) as a ratio. ``--replicas 2`` runs two stateless server
@@ -318,7 +318,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=2_000)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     url = create_database()
     servers: list[ServerProcess] = []

@@ -101,13 +101,14 @@ def serve(
     port: Annotated[int | None, typer.Option(help="listen port")] = None,
     no_jobs: Annotated[bool, typer.Option("--no-jobs", help="do not run periodic jobs")] = False,
     workers: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
+            show_default=False,
             help="server processes sharing the port (PostgreSQL only); one process uses "
-            "at most about one core",
+            "at most about one core  [default: one per core on PostgreSQL, 1 on SQLite]",
         ),
-    ] = 1,
+    ] = None,
 ) -> None:
     """Run the server (API, device API, console) with migrations applied first."""
     import uvicorn
@@ -120,7 +121,11 @@ def serve(
         cfg.listen_host = host
     if port:
         cfg.listen_port = port
-    if workers > 1 and not cfg.database_url.startswith("postgresql"):
+    postgresql = cfg.database_url.startswith("postgresql")
+    if workers is None:
+        # One process per core: a single one is held to about one core by the GIL.
+        workers = (os.cpu_count() or 1) if postgresql else 1
+    if workers > 1 and not postgresql:
         fail("--workers needs PostgreSQL: SQLite takes one writer at a time", 2)
     configure_logging(cfg.log_level, cfg.log_format)
     eng = engine()
