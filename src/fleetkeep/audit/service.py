@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from fleetkeep.audit.models import AuditEvent
@@ -36,19 +36,46 @@ def record(
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
 ) -> None:
-    session.add(
-        AuditEvent(
-            at=utcnow(),
-            actor=actor.name,
-            action=action,
-            target_type=target_type,
-            target_id=str(target_id),
-            before=before,
-            after=after,
-            request_id=actor.request_id,
-            source_ip=actor.source_ip,
-        )
-    )
+    session.add(AuditEvent(**_event(actor, action, target_type, target_id, before, after)))
+
+
+def record_now(
+    session: Session,
+    actor: Actor,
+    action: str,
+    target_type: str,
+    target_id: object = "",
+    *,
+    before: dict[str, Any] | None = None,
+    after: dict[str, Any] | None = None,
+) -> None:
+    """``record`` as one Core INSERT sent at once, for a path that records one event per request
+    and wants no unit-of-work flush (device activation)."""
+    session.execute(_INSERT, _event(actor, action, target_type, target_id, before, after))
+
+
+def _event(
+    actor: Actor,
+    action: str,
+    target_type: str,
+    target_id: object,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "at": utcnow(),
+        "actor": actor.name,
+        "action": action,
+        "target_type": target_type,
+        "target_id": str(target_id),
+        "before": before,
+        "after": after,
+        "request_id": actor.request_id,
+        "source_ip": actor.source_ip,
+    }
+
+
+_INSERT = insert(cast(Table, AuditEvent.__table__))
 
 
 def record_many(session: Session, actor: Actor, rows: Sequence[dict[str, Any]]) -> None:
