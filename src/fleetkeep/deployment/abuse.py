@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, ScalarSelect, bindparam, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from fleetkeep.alerts.models import Severity
 from fleetkeep.alerts.service import raise_alert
@@ -37,23 +38,59 @@ class LimitExceeded:
         )
 
 
+# Refusals in the window by the request's source and by a token, as scalar subqueries that
+# activation's first read carries along (no round trip of their own). Built once: the
+# parameters come from ``failure_params``.
+FAILURES_BY_SOURCE = (
+    select(func.count())
+    .where(
+        ActivationFailure.at >= bindparam("failures_since"),
+        ActivationFailure.source == bindparam("failures_source"),
+    )
+    .scalar_subquery()
+)
+
+
+def failures_by_token(
+    token_id: ColumnElement[int] | InstrumentedAttribute[int],
+) -> ScalarSelect[int]:
+    return (
+        select(func.count())
+        .where(
+            ActivationFailure.at >= bindparam("failures_since"),
+            ActivationFailure.token_id == token_id,
+        )
+        .scalar_subquery()
+    )
+
+
+_COUNTS = select(FAILURES_BY_SOURCE, failures_by_token(bindparam("failures_token_id")))
+
+
+def failure_params(window_seconds: int, source: str) -> dict[str, Any]:
+    since = utcnow() - timedelta(seconds=window_seconds)
+    return {"failures_since": since, "failures_source": source}
+
+
 def exceeded_limit(
     session: Session, settings: Settings, source: str, token_id: int | None
 ) -> LimitExceeded | None:
     """The limit this source (or deployment token) is over, if any; one query for both."""
+    params = failure_params(settings.activation_failure_window_seconds, source)
+    params["failures_token_id"] = token_id
+    by_source, by_token = session.execute(_COUNTS, params).one()
+    return over_limit(settings, source, token_id, by_source, by_token)
+
+
+def over_limit(
+    settings: Settings, source: str, token_id: int | None, by_source: int, by_token: int
+) -> LimitExceeded | None:
+    """The rule, given the counts of refusals in the window."""
     window = settings.activation_failure_window_seconds
-    since = utcnow() - timedelta(seconds=window)
-    by_source = ActivationFailure.source == source
-    by_token = ActivationFailure.token_id == (token_id if token_id is not None else -1)
-    counts = session.execute(
-        select(func.count().filter(by_source), func.count().filter(by_token)).where(
-            ActivationFailure.at >= since, or_(by_source, by_token)
-        )
-    ).one()
-    if counts[0] >= settings.activation_max_failures:
-        return LimitExceeded("source", source, counts[0], window)
-    if token_id is not None and counts[1] >= settings.activation_max_failures_per_token:
-        return LimitExceeded("token", str(token_id), counts[1], window)
+    if by_source >= settings.activation_max_failures:
+        return LimitExceeded("source", source, by_source, window)
+    if token_id is not None and by_token >= settings.activation_max_failures_per_token:
+        return LimitExceeded("token", str(token_id), by_token, window)
     return None
 
 

@@ -19,13 +19,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    String,
+    Table,
+    and_,
+    bindparam,
+    func,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, lazyload
 
-from fleetkeep.audit.service import Actor, record
+from fleetkeep.audit.service import Actor, record, record_now
 from fleetkeep.db import utcnow
 from fleetkeep.deployment import abuse, tokens
 from fleetkeep.deployment.authkeys import check_auth_key, consume_auth_key
@@ -120,6 +132,11 @@ class Decision:
     replaces: Device | None = None
     scope: RestoreScope = RestoreScope.ALL
     steps: list[Step] = field(default_factory=list)
+    # Activation (not explain) locks the user it finds: one activation per user at a time
+    # keeps the device limit exact under concurrency.
+    lock: bool = False
+    # Refusals in the window (by source, by token), read along with the credentials.
+    failures: tuple[int, int] | None = None
 
     def note(self, rule: str, outcome: str, detail: str) -> None:
         self.steps.append(Step(rule, outcome, detail))
@@ -131,7 +148,8 @@ class Decision:
 
 @dataclass(frozen=True)
 class Activation:
-    device: Device
+    device_id: int
+    user: User
     device_token: str
     mode: str
     reactivated: bool
@@ -151,13 +169,16 @@ def decide(
     *,
     check_password: PasswordCheck | None = verify_password,
     credentials: bool = True,
+    failures: dict[str, Any] | None = None,
 ) -> Decision:
     """Resolve credentials, user and device identity; raises at the first refusing rule.
 
     ``credentials=False`` (explain without a token) skips the token/auth-key rule.
+    ``failures`` (``abuse.failure_params``) are for the refusal counts read with the
+    credentials; explain has no use for them.
     """
     if credentials:
-        _credentials(session, req, decision)
+        _credentials(session, req, decision, failures or abuse.failure_params(0, req.source))
     else:
         decision.note("token", "skip", "no token given; token rules not checked")
     _user(session, req, decision, check_password)
@@ -166,10 +187,13 @@ def decide(
     return decision
 
 
-def _credentials(session: Session, req: ActivationRequest, d: Decision) -> None:
+def _credentials(
+    session: Session, req: ActivationRequest, d: Decision, failures: dict[str, Any]
+) -> None:
     if req.auth_key:
         try:
-            d.auth_key = check_auth_key(session, req.auth_key)
+            d.auth_key, by_source = check_auth_key(session, req.auth_key, failures)
+            d.failures = (by_source, 0)
         except ActivationRefused as exc:
             d.note("auth key", "refuse", f"{exc.code}: {exc.detail}")
             raise
@@ -180,7 +204,7 @@ def _credentials(session: Session, req: ActivationRequest, d: Decision) -> None:
     if not req.token:
         raise d.refuse("token", "token_missing", "send a deployment token or a one-time auth key")
     try:
-        d.token = tokens.check_token(session, req.token)
+        d.token, d.failures = tokens.check_token(session, req.token, failures)
     except ActivationRefused as exc:
         d.note("token", "refuse", f"{exc.code}: {exc.detail}")
         raise
@@ -192,10 +216,10 @@ def _user(
 ) -> None:
     if d.auth_key is not None:
         d.mode = "auth-key"
-        d.user = session.get(User, d.auth_key.user_id, options=_USER_OPTIONS)
+        d.user = _find_user(session, d, _USER_BY_ID, d.auth_key.user_id)
     elif (mapping := _device_mapping(session, req)) is not None:
         d.mode, d.mapping = "imd-v4", mapping
-        d.user = session.get(User, mapping.user_id, options=_USER_OPTIONS)
+        d.user = _find_user(session, d, _USER_BY_ID, mapping.user_id)
         d.note(
             "device mapping",
             "match",
@@ -210,14 +234,14 @@ def _user(
             d.note("password", "pass", "LDAP bind with the given password succeeded")
     elif req.upn:
         d.mode = "imd-v5"
-        d.user = session.scalar(_users().where(func.lower(User.upn) == req.upn.lower()))
+        d.user = _find_user(session, d, _USER_BY_UPN, req.upn.lower())
         if d.user is None:
             _directory_user(session, d, "upn", req.upn, None)
         else:
             d.note("user", "match", f"user {d.user.id} has UPN {req.upn}")
     elif req.email:
         d.mode = "email"
-        d.user = session.scalar(_users().where(User.email_normalized == normalize_email(req.email)))
+        d.user = _find_user(session, d, _USER_BY_EMAIL, normalize_email(req.email))
     else:
         raise d.refuse(
             "identity",
@@ -231,12 +255,25 @@ def _user(
         _user_state(req, d, d.user)
 
 
-# Activation reads a user's profile (device limit, configuration), never their storage region.
-_USER_OPTIONS = [lazyload(User.storage_region)]
+def _user_queries(where: ColumnElement[bool]) -> tuple[Select[User], Select[User]]:
+    """(the query, the query that locks the user's row), built once. Activation reads a user's
+    profile (device limit, configuration), never their storage region."""
+    query = select(User).options(lazyload(User.storage_region)).where(where)
+    return query, query.with_for_update(of=User)
 
 
-def _users() -> Select[User]:
-    return select(User).options(*_USER_OPTIONS)
+_USER_BY_ID = _user_queries(User.id == bindparam("value"))
+_USER_BY_EMAIL = _user_queries(User.email_normalized == bindparam("value"))
+_USER_BY_UPN = _user_queries(func.lower(User.upn) == bindparam("value"))
+
+
+def _find_user(
+    session: Session,
+    d: Decision,
+    queries: tuple[Select[User], Select[User]],
+    value: object,
+) -> User | None:
+    return session.scalar(queries[d.lock], {"value": value})
 
 
 def _directory_user(session: Session, d: Decision, by: str, value: str, domain: str | None) -> None:
@@ -256,9 +293,7 @@ def _directory_user(session: Session, d: Decision, by: str, value: str, domain: 
         f"{candidate.directory_id}",
     )
     d.candidate = candidate
-    d.user = session.scalar(
-        _users().where(User.email_normalized == normalize_email(candidate.email))
-    )
+    d.user = _find_user(session, d, _USER_BY_EMAIL, normalize_email(candidate.email))
     if d.user is not None:
         d.note("user", "match", f"existing user {d.user.id} ({d.user.email})")
     else:
@@ -372,19 +407,10 @@ def _known_devices(
     session: Session, req: ActivationRequest, user_id: int | None
 ) -> tuple[Device | None, list[Device]]:
     """(the device with this hardware's UUID or serial, the user's live devices by id)."""
-    wanted = []
-    if req.uuid_key:
-        wanted.append(Device.uuid_key == req.uuid_key)
-    if req.serial_key:
-        wanted.append(Device.serial_key == req.serial_key)
-    if user_id is not None:
-        wanted.append(and_(Device.user_id == user_id, Device.state != DeviceState.DECOMMISSIONED))
-    if not wanted:
+    if not (req.uuid_key or req.serial_key or user_id is not None):
         return None, []
-    # Not joined to their users: the only user whose devices are used further is already in
-    # the session, and a lazy load of it is answered from the identity map without a query.
-    query = select(Device).options(lazyload(Device.user)).where(or_(*wanted)).order_by(Device.id)
-    found = list(session.scalars(query))
+    params = {"uuid_key": req.uuid_key, "serial_key": req.serial_key, "user_id": user_id}
+    found = list(session.scalars(_KNOWN_DEVICES, params))
     live = [x for x in found if x.user_id == user_id and x.state is not DeviceState.DECOMMISSIONED]
     hardware = [
         x
@@ -397,36 +423,59 @@ def _known_devices(
     return (hardware[0] if hardware else None), live
 
 
+# A missing key is NULL, which matches nothing. Not joined to their users: the only user whose
+# devices are used further is already in the session, and a lazy load of it is answered from
+# the identity map without a query.
+_KNOWN_DEVICES = (
+    select(Device)
+    .options(lazyload(Device.user))
+    .where(
+        or_(
+            Device.uuid_key == bindparam("uuid_key", type_=String),
+            Device.serial_key == bindparam("serial_key", type_=String),
+            and_(
+                Device.user_id == bindparam("user_id", type_=Integer),
+                Device.state != DeviceState.DECOMMISSIONED,
+            ),
+        )
+    )
+    .order_by(Device.id)
+)
+
+
 def _device_mapping(session: Session, req: ActivationRequest) -> DeviceMapping | None:
     """An IMD v4 row for this device: unused, or used by the very device now re-activating."""
-    wanted = [
-        (kind, normalize_identifier(kind, raw))
+    params = {
+        kind.name: normalize_identifier(kind, raw) if raw.strip() else None
         for kind, raw in (
             (IdentifierType.SERIAL_NUMBER, req.serial_number),
             (IdentifierType.UUID, req.hardware_uuid),
             (IdentifierType.HOSTNAME, req.hostname),
         )
-        if raw.strip()
-    ]
-    rows = session.scalars(
-        select(DeviceMapping)
-        .where(
-            or_(
-                *(
-                    and_(DeviceMapping.identifier_type == kind, DeviceMapping.identifier == value)
-                    for kind, value in wanted
+    }
+    return session.scalar(_DEVICE_MAPPING, params)
+
+
+# One query, built once; a missing identifier is NULL, which matches nothing. A used row
+# counts while its device is not decommissioned (no device: the outer join gives NULL).
+_DEVICE_MAPPING = (
+    select(DeviceMapping)
+    .outerjoin(Device, Device.id == DeviceMapping.device_id)
+    .where(
+        or_(
+            *(
+                and_(
+                    DeviceMapping.identifier_type == kind,
+                    DeviceMapping.identifier == bindparam(kind.name, type_=String),
                 )
+                for kind in IdentifierType
             )
-        )
-        .order_by(DeviceMapping.consumed_at.is_not(None), DeviceMapping.id)
+        ),
+        or_(DeviceMapping.consumed_at.is_(None), Device.state != DeviceState.DECOMMISSIONED),
     )
-    for row in rows:
-        if row.consumed_at is None:
-            return row
-        used_by = session.get(Device, row.device_id) if row.device_id else None
-        if used_by is not None and used_by.state is not DeviceState.DECOMMISSIONED:
-            return row
-    return None
+    .order_by(DeviceMapping.consumed_at.is_not(None), DeviceMapping.id)
+    .limit(1)
+)
 
 
 @dataclass(frozen=True)
@@ -509,17 +558,20 @@ def _attempt(
     req: ActivationRequest,
     check_password: PasswordCheck | None,
 ) -> Activation:
-    decision = Decision()
+    decision = Decision(lock=True)
     refused: ActivationRefused | None = None
+    failures = abuse.failure_params(settings.activation_failure_window_seconds, req.source)
     try:
-        decide(session, req, decision, check_password=check_password)
+        decide(session, req, decision, check_password=check_password, failures=failures)
     except ActivationRefused as exc:
         refused = exc
     # Checked once the token is known, whatever the outcome: a rate-limited caller learns
     # nothing about its guess.
-    limit = abuse.exceeded_limit(
-        session, settings, req.source, decision.token.id if decision.token else None
-    )
+    token_id = decision.token.id if decision.token else None
+    if decision.failures is not None:
+        limit = abuse.over_limit(settings, req.source, token_id, *decision.failures)
+    else:
+        limit = abuse.exceeded_limit(session, settings, req.source, token_id)
     if limit is not None:
         session.rollback()
         abuse.record_limited(session, _actor(req), limit, "device.activation_refused")
@@ -540,76 +592,77 @@ def _actor(req: ActivationRequest) -> Actor:
 
 def _apply(session: Session, req: ActivationRequest, d: Decision) -> Activation:
     actor = _actor(req)
+    # A user found by ``decide`` is locked already; a new directory user is not yet visible.
     user = d.user if d.user is not None else _create_directory_user(session, actor, d)
-    # One activation per user at a time keeps the device limit exact under concurrency.
-    session.execute(select(User.id).where(User.id == user.id).with_for_update())
     plain, digest = new_token(DEVICE_TOKEN_PREFIX)
     reactivated = d.existing is not None
     if d.existing is not None:
-        device = d.existing
-        _refresh(device, req, d.mode)
-        device.token_hash = digest
+        _refresh(d.existing, req, d.mode)
+        d.existing.token_hash = digest
+        device_id, serial_number = d.existing.id, d.existing.serial_number
     else:
-        device = _insert_device(session, req, d, user, digest)
+        device_id, serial_number = _insert_device(session, req, d, user, digest), req.serial_number
     plan_id = None
     if d.replaces is not None and not reactivated:
+        device = session.get_one(Device, device_id)
         plan_id = link_replacement(session, actor, d.replaces, device, d.scope).id
     if d.mapping is not None and d.mapping.consumed_at is None:
         d.mapping.consumed_at = utcnow()
-        d.mapping.device_id = device.id
+        d.mapping.device_id = device_id
     if d.auth_key is not None:
         consume_auth_key(session, d.auth_key)
-    record(
+    record_now(
         session,
         actor,
         "device.reactivate" if reactivated else "device.activate",
         "device",
-        device.id,
+        device_id,
         after={
             "user_id": user.id,
             "mode": d.mode,
             "token_id": d.token.id if d.token else None,
-            "hostname": device.hostname,
-            "serial_number": device.serial_number,
+            "hostname": req.hostname,
+            "serial_number": serial_number,
         },
     )
     if d.token is not None:
-        tokens.record_use(session, d.token.id, device.id)
+        tokens.record_use(session, d.token.id, device_id)
     session.flush()
-    return Activation(device, plain, d.mode, reactivated, plan_id)
+    return Activation(device_id, user, plain, d.mode, reactivated, plan_id)
 
 
 def _insert_device(
     session: Session, req: ActivationRequest, d: Decision, user: User, token_hash: str
-) -> Device:
+) -> int:
+    """The new device's id. A Core INSERT … RETURNING: no ORM flush on every activation."""
     if d.replaces is not None and d.replaces.id is not None:
         # Release the old hardware keys first: a re-imaged device keeps its serial.
         d.replaces.serial_key = None
         d.replaces.uuid_key = None
         session.flush()
-    device = Device(
-        user_id=user.id,
-        name=req.device_name or req.hostname,
-        hostname=req.hostname,
-        serial_number=req.serial_number,
-        hardware_uuid=req.hardware_uuid,
-        serial_key=req.serial_key,
-        uuid_key=req.uuid_key,
-        platform=req.platform,
-        os=req.os,
-        agent_version=req.agent_version,
-        os_username=req.os_username,
-        home_dir=req.home_dir,
-        activation_mode=d.mode,
-        state=DeviceState.ACTIVE,
-        token_hash=token_hash,
-        user=user,
-    )
-    if d.mapping is not None:
-        device.name = d.mapping.device_name
-    session.add(device)
-    session.flush()
-    return device
+    values = {
+        "user_id": user.id,
+        "name": d.mapping.device_name if d.mapping is not None else req.device_name or req.hostname,
+        "hostname": req.hostname,
+        "serial_number": req.serial_number,
+        "hardware_uuid": req.hardware_uuid,
+        "serial_key": req.serial_key,
+        "uuid_key": req.uuid_key,
+        "platform": req.platform,
+        "os": req.os,
+        "agent_version": req.agent_version,
+        "os_username": req.os_username,
+        "home_dir": req.home_dir,
+        "activation_mode": d.mode,
+        "state": DeviceState.ACTIVE,
+        "token_hash": token_hash,
+    }
+    device_id: int = session.execute(_INSERT_DEVICE, values).scalar_one()
+    return device_id
+
+
+_DEVICES = cast(Table, Device.__table__)
+_INSERT_DEVICE = insert(_DEVICES).returning(_DEVICES.c.id)
 
 
 def _refresh(device: Device, req: ActivationRequest, mode: str) -> None:

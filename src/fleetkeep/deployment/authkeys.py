@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
 
 from fleetkeep.audit.service import Actor, record
 from fleetkeep.db import utcnow
+from fleetkeep.deployment import abuse
 from fleetkeep.deployment.errors import ActivationRefused
 from fleetkeep.deployment.models import AuthKey
 from fleetkeep.errors import InvalidInput
@@ -42,15 +44,27 @@ def create_auth_key(
     return key, plain
 
 
-def check_auth_key(session: Session, secret: str) -> AuthKey:
-    key = session.scalar(select(AuthKey).where(AuthKey.key_hash == hash_token(secret)))
-    if key is None:
+# The key and the refusals counted against the request's source.
+_BY_HASH = select(AuthKey, abuse.FAILURES_BY_SOURCE).where(
+    AuthKey.key_hash == bindparam("key_hash")
+)
+
+
+def check_auth_key(session: Session, secret: str, failures: dict[str, Any]) -> tuple[AuthKey, int]:
+    """The usable key for this secret and the refusals from the request's source in the window,
+    read in one query; or the refusal that explains why the key is not usable.
+
+    ``failures`` are the parameters of ``abuse.failure_params``.
+    """
+    row = session.execute(_BY_HASH, {"key_hash": hash_token(secret), **failures}).first()
+    if row is None:
         raise ActivationRefused("auth_key_invalid", "the auth key is not known to this server")
+    key, by_source = row
     if key.consumed_at is not None:
         raise ActivationRefused("auth_key_used", "the auth key was already used once")
     if key.expires_at is not None and key.expires_at <= utcnow():
         raise ActivationRefused("auth_key_expired", "the auth key has expired")
-    return key
+    return key, by_source
 
 
 def consume_auth_key(session: Session, key: AuthKey | None, *, secret: str | None = None) -> None:

@@ -49,12 +49,12 @@ def activate(
     except FleetkeepError:
         session.commit()  # refusals are kept: they feed the audit, rate limits and alerts
         raise
-    config = devices.device_config(result.device, settings.public_url)
+    config = devices.config_for(result.device_id, result.user, settings.public_url)
     # Committed here, in the handler's thread: the session dependency then has nothing left
     # to do in another thread-pool round trip.
     session.commit()
     return ActivationOut(
-        device_id=result.device.id,
+        device_id=result.device_id,
         device_token=result.device_token,
         mode=result.mode,
         reactivated=result.reactivated,

@@ -231,16 +231,22 @@ def view(device: Device) -> dict[str, Any]:
 
 def device_config(device: Device, public_url: str) -> dict[str, Any]:
     """What the agent needs to run: server URLs, profile policy and backup schedule."""
+    return config_for(device.id, device.user, public_url)
+
+
+def config_for(device_id: int, user: User, public_url: str) -> dict[str, Any]:
+    """``device_config`` of a device known by its id and its user (activation has no ``Device``
+    object for a new device)."""
     base = public_url.rstrip("/")
-    profile = device.user.profile
+    profile = user.profile
     return {
         "server_url": base,
         "device_api": f"{base}/device/v1",
-        "device_id": device.id,
-        "user": {"id": device.user.id, "email": device.user.email},
+        "device_id": device_id,
+        "user": {"id": user.id, "email": user.email},
         "profile": {"id": profile.id, "name": profile.name},
         "policy": profile.policy,
         "backup_interval_minutes": profile.backup_interval_minutes,
-        "quota_bytes": device.user.quota_bytes,
+        "quota_bytes": user.quota_bytes,
         "heartbeat_seconds": 300,
     }

@@ -6,13 +6,14 @@ The secret is shown once at creation and stored as a SHA-256 hash (``fleetkeep.t
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, bindparam, func, insert, select
 from sqlalchemy.orm import Session
 
 from fleetkeep.audit.service import Actor, record
 from fleetkeep.db import utcnow
+from fleetkeep.deployment import abuse
 from fleetkeep.deployment.errors import ActivationRefused
 from fleetkeep.deployment.models import DeploymentToken, TokenUse
 from fleetkeep.errors import Conflict, InvalidInput, NotFound
@@ -113,13 +114,26 @@ def status(token: DeploymentToken) -> str:
     return "active"
 
 
-def check_token(session: Session, secret: str) -> DeploymentToken:
-    """The live token for this secret, or the refusal that explains why it is not usable."""
-    token = session.scalar(
-        select(DeploymentToken).where(DeploymentToken.token_hash == hash_token(secret))
-    )
-    if token is None:
+# The token and the refusals counted against the request's source and against the token.
+_BY_HASH = select(
+    DeploymentToken,
+    abuse.FAILURES_BY_SOURCE,
+    abuse.failures_by_token(DeploymentToken.id),
+).where(DeploymentToken.token_hash == bindparam("token_hash"))
+
+
+def check_token(
+    session: Session, secret: str, failures: dict[str, Any]
+) -> tuple[DeploymentToken, tuple[int, int]]:
+    """The live token for this secret and the refusals in the window (by source, by token),
+    read in one query; or the refusal that explains why the token is not usable.
+
+    ``failures`` are the parameters of ``abuse.failure_params``.
+    """
+    row = session.execute(_BY_HASH, {"token_hash": hash_token(secret), **failures}).first()
+    if row is None:
         raise ActivationRefused("token_invalid", "the deployment token is not known to this server")
+    token, by_source, by_token = row
     state = status(token)
     if state == "revoked":
         raise ActivationRefused(
@@ -129,11 +143,15 @@ def check_token(session: Session, secret: str) -> DeploymentToken:
         raise ActivationRefused(
             "token_expired", f"deployment token {token.label!r} has expired", token_id=token.id
         )
-    return token
+    return token, (by_source, by_token)
 
 
 def record_use(session: Session, token_id: int, device_id: int) -> None:
-    session.add(TokenUse(token_id=token_id, device_id=device_id))
+    session.execute(_RECORD_USE, {"token_id": token_id, "device_id": device_id})
+
+
+# Core, not the ORM: no unit-of-work flush on every activation.
+_RECORD_USE = insert(cast(Table, TokenUse.__table__))
 
 
 def usage(session: Session) -> dict[int, tuple[int, datetime | None]]:
