@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy import Engine, event
+
 from fleetkeep.tokens import hash_token
 from tests.deployment.conftest import Org, device_call
 
@@ -236,3 +238,25 @@ def test_preserving_or_deleting_a_user_unauthorizes_their_devices_at_once(org: O
         assert r.json()["reason"] == reason
     org.client.post(f"/api/v1/users/{ann['id']}/restore")
     assert device_call(org.client, "POST", "/device/v1/heartbeat", ann_token).status_code == 200
+
+
+def test_an_activation_costs_six_statements(org: Org, clean_engine: Engine) -> None:
+    """A budget: activation storms are bound by server CPU, and each statement costs some.
+
+    Token with refusal counts and mapping row; user (locked); devices; device; audit; token use.
+    """
+    org.user("ann@example.com")
+    statements: list[str] = []
+
+    def count(_conn: object, _cursor: object, statement: str, *_: object) -> None:
+        statements.append(statement)
+
+    event.listen(clean_engine, "before_cursor_execute", count)
+    try:
+        org.activate(email="ann@example.com", hostname="ANN-PC", serial_number="S1")
+        new = len(statements)
+        org.activate(email="ann@example.com", hostname="ANN-PC", serial_number="S1")
+    finally:
+        event.remove(clean_engine, "before_cursor_execute", count)
+    assert new == 6, statements
+    assert len(statements) - new == 6, statements[new:]  # a retry: the device is updated instead

@@ -63,7 +63,7 @@ from fleetkeep.deployment.replacement import link_replacement
 from fleetkeep.identity.models import User, UserState
 from fleetkeep.identity.service import create_user, normalize_email
 from fleetkeep.settings import Settings
-from fleetkeep.tokens import new_token
+from fleetkeep.tokens import hash_token, new_token
 
 log = logging.getLogger("fleetkeep.deployment")
 
@@ -135,8 +135,11 @@ class Decision:
     # Activation (not explain) locks the user it finds: one activation per user at a time
     # keeps the device limit exact under concurrency.
     lock: bool = False
-    # Refusals in the window (by source, by token), read along with the credentials.
+    # Read along with the credentials: refusals in the window (by source, by token) and
+    # the id of the IMD v4 row for this device, if any.
     failures: tuple[int, int] | None = None
+    mapping_read: bool = False
+    mapping_id: int | None = None
 
     def note(self, rule: str, outcome: str, detail: str) -> None:
         self.steps.append(Step(rule, outcome, detail))
@@ -203,8 +206,13 @@ def _credentials(
         return
     if not req.token:
         raise d.refuse("token", "token_missing", "send a deployment token or a one-time auth key")
+    params = {"token_hash": hash_token(req.token), **failures, **_identifiers(req)}
+    row = session.execute(_TOKEN_READ, params).first()
+    if row is not None:
+        d.failures = (row.by_source, row.by_token)
+        d.mapping_read, d.mapping_id = True, row.mapping_id
     try:
-        d.token, d.failures = tokens.check_token(session, req.token, failures)
+        d.token = tokens.ensure_live(row[0] if row is not None else None)
     except ActivationRefused as exc:
         d.note("token", "refuse", f"{exc.code}: {exc.detail}")
         raise
@@ -217,7 +225,7 @@ def _user(
     if d.auth_key is not None:
         d.mode = "auth-key"
         d.user = _find_user(session, d, _USER_BY_ID, d.auth_key.user_id)
-    elif (mapping := _device_mapping(session, req)) is not None:
+    elif (mapping := _device_mapping(session, req, d)) is not None:
         d.mode, d.mapping = "imd-v4", mapping
         d.user = _find_user(session, d, _USER_BY_ID, mapping.user_id)
         d.note(
@@ -443,9 +451,16 @@ _KNOWN_DEVICES = (
 )
 
 
-def _device_mapping(session: Session, req: ActivationRequest) -> DeviceMapping | None:
+def _device_mapping(session: Session, req: ActivationRequest, d: Decision) -> DeviceMapping | None:
     """An IMD v4 row for this device: unused, or used by the very device now re-activating."""
-    params = {
+    if d.mapping_read:
+        return session.get(DeviceMapping, d.mapping_id) if d.mapping_id is not None else None
+    return session.scalar(_DEVICE_MAPPING, _identifiers(req))
+
+
+def _identifiers(req: ActivationRequest) -> dict[str, str | None]:
+    """The parameters of ``_MAPPING_ID``: this device's identifiers as a mapping stores them."""
+    return {
         kind.name: normalize_identifier(kind, raw) if raw.strip() else None
         for kind, raw in (
             (IdentifierType.SERIAL_NUMBER, req.serial_number),
@@ -453,13 +468,12 @@ def _device_mapping(session: Session, req: ActivationRequest) -> DeviceMapping |
             (IdentifierType.HOSTNAME, req.hostname),
         )
     }
-    return session.scalar(_DEVICE_MAPPING, params)
 
 
-# One query, built once; a missing identifier is NULL, which matches nothing. A used row
-# counts while its device is not decommissioned (no device: the outer join gives NULL).
-_DEVICE_MAPPING = (
-    select(DeviceMapping)
+# Built once; a missing identifier is NULL, which matches nothing. A used row counts while its
+# device is not decommissioned (no device: the outer join gives NULL).
+_MAPPING_ID = (
+    select(DeviceMapping.id)
     .outerjoin(Device, Device.id == DeviceMapping.device_id)
     .where(
         or_(
@@ -475,7 +489,18 @@ _DEVICE_MAPPING = (
     )
     .order_by(DeviceMapping.consumed_at.is_not(None), DeviceMapping.id)
     .limit(1)
+    .correlate(None)  # standalone, even inside a query of device_mappings
+    .scalar_subquery()
 )
+_DEVICE_MAPPING = select(DeviceMapping).where(DeviceMapping.id == _MAPPING_ID)
+# A deployment token activation's first read: the token, the refusals counted against the
+# source and the token, and the device's mapping row, in one round trip.
+_TOKEN_READ = select(
+    DeploymentToken,
+    abuse.FAILURES_BY_SOURCE.label("by_source"),
+    abuse.failures_by_token(DeploymentToken.id).label("by_token"),
+    _MAPPING_ID.label("mapping_id"),
+).where(DeploymentToken.token_hash == bindparam("token_hash"))
 
 
 @dataclass(frozen=True)

@@ -8,17 +8,16 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.orm import Session
 
 from fleetkeep.audit.service import Actor, record
 from fleetkeep.db import utcnow
-from fleetkeep.deployment import abuse
 from fleetkeep.deployment.errors import ActivationRefused
 from fleetkeep.deployment.models import DeploymentToken, TokenUse
 from fleetkeep.errors import Conflict, InvalidInput, NotFound
 from fleetkeep.identity.service import get_profile
-from fleetkeep.tokens import display_prefix, hash_token, new_token
+from fleetkeep.tokens import display_prefix, new_token
 
 TOKEN_PREFIX = "fkt"  # noqa: S105 - a kind prefix, not a secret
 
@@ -114,26 +113,10 @@ def status(token: DeploymentToken) -> str:
     return "active"
 
 
-# The token and the refusals counted against the request's source and against the token.
-_BY_HASH = select(
-    DeploymentToken,
-    abuse.FAILURES_BY_SOURCE,
-    abuse.failures_by_token(DeploymentToken.id),
-).where(DeploymentToken.token_hash == bindparam("token_hash"))
-
-
-def check_token(
-    session: Session, secret: str, failures: dict[str, Any]
-) -> tuple[DeploymentToken, tuple[int, int]]:
-    """The live token for this secret and the refusals in the window (by source, by token),
-    read in one query; or the refusal that explains why the token is not usable.
-
-    ``failures`` are the parameters of ``abuse.failure_params``.
-    """
-    row = session.execute(_BY_HASH, {"token_hash": hash_token(secret), **failures}).first()
-    if row is None:
+def ensure_live(token: DeploymentToken | None) -> DeploymentToken:
+    """The token found for a secret if it is live, else the refusal that explains why not."""
+    if token is None:
         raise ActivationRefused("token_invalid", "the deployment token is not known to this server")
-    token, by_source, by_token = row
     state = status(token)
     if state == "revoked":
         raise ActivationRefused(
@@ -143,7 +126,7 @@ def check_token(
         raise ActivationRefused(
             "token_expired", f"deployment token {token.label!r} has expired", token_id=token.id
         )
-    return token, (by_source, by_token)
+    return token
 
 
 def record_use(session: Session, token_id: int, device_id: int) -> None:
