@@ -611,8 +611,9 @@ class _Reader:
             filter_attributes(self.disabled) if self.disabled is not None else set()
         )
         # Attribute names as the server spells them -> lower case (a handful, seen 100,000s
-        # of times).
+        # of times), and each set of names an entry came with -> its _layout.
         self.names: dict[str, str] = {}
+        self.layouts: dict[tuple[str, ...], tuple[str | None, ...]] = {}
 
     def read(self) -> FetchResult:
         groups = self._groups()
@@ -720,52 +721,75 @@ class _Reader:
     def _user(self, dn: str, entry: dict[str, list[bytes]]) -> SourceUser:
         """Decode only what a SourceUser holds: first values of single-valued roles, every
         mail, the groups, and the attributes rules or the disabled filter read."""
-        names = self.names
-        values: dict[str, list[bytes]] = {}
-        for key, raw in entry.items():
-            name = names.get(key)
-            if name is None:
-                name = names[key] = key.lower()
-            values[name] = raw
-        keys = self.keys
-        found = values.get(keys["external_id"])
+        keys = tuple(entry)
+        layout = self.layouts.get(keys)
+        if layout is None:
+            layout = self.layouts[keys] = self._layout(keys)
+        id_key, upn_key, mail_key, member_of_key, username_key, name_key = layout
+        found = entry.get(id_key) if id_key else None
         if found:
-            external_id = _guid(found[0]) if self.binary_id else _text(found[0])
+            external_id = _guid(found[0]) if self.binary_id else found[0].decode("utf-8", "replace")
         else:
             external_id = f"dn:{normalize_dn(dn)}"
-            self.warnings.append(f"{dn} has no {keys['external_id']}; identified by its DN")
-        upn = _first_text(values, keys["upn"])
-        mails = [_text(m) for m in values.get(keys["email"], ())]
-        if len(mails) > 1:
+            self.warnings.append(f"{dn} has no {self.keys['external_id']}; identified by its DN")
+        found = entry.get(upn_key) if upn_key else None
+        upn = found[0].decode("utf-8", "replace") if found else ""
+        found = entry.get(mail_key) if mail_key else None
+        other_emails: tuple[str, ...]
+        if not found:
+            email, other_emails = None, ()
+        elif len(found) == 1:
+            email, other_emails = found[0].decode("utf-8", "replace"), ()
+        else:
+            mails = [_text(m) for m in found]
             # Primary: the address equal to the UPN if there is one, else the first returned.
             mails = sorted(mails, key=lambda m: m.lower() != upn.lower())
-        member_of = values.get(keys["member_of"]) if keys["member_of"] else None
-        groups = tuple(_text(g) for g in member_of) if member_of else ()
+            email, other_emails = mails[0], tuple(mails[1:])
+        found = entry.get(member_of_key) if member_of_key else None
+        groups = tuple([_text(g) for g in found]) if found else ()
+        found = entry.get(username_key) if username_key else None
+        username = found[0].decode("utf-8", "replace") if found else ""
+        found = entry.get(name_key) if name_key else None
+        display_name = found[0].decode("utf-8", "replace") if found else ""
         kept = _NOTHING_KEPT  # what mapping rules read, for the sync engine
-        if self.rule_attributes:
-            kept = {}
-            for key, raw in entry.items():
-                if names[key] in self.rule_attributes:
-                    kept[key] = self._decoded(names[key], raw)
         disabled = False
-        if self.disabled is not None:
-            read = {a: self._decoded(a, values[a]) for a in self.disabled_attributes if a in values}
-            disabled = evaluate_filter(self.disabled, Candidate(dn, read, frozenset()))
-        username = _first_text(values, keys["username"])
+        if self.rule_attributes or self.disabled is not None:
+            names = self.names
+            if self.rule_attributes:
+                kept = {
+                    key: self._decoded(names[key], raw)
+                    for key, raw in entry.items()
+                    if names[key] in self.rule_attributes
+                }
+            if self.disabled is not None:
+                values = {names[key]: raw for key, raw in entry.items()}
+                read = {
+                    a: self._decoded(a, values[a]) for a in self.disabled_attributes if a in values
+                }
+                disabled = evaluate_filter(self.disabled, Candidate(dn, read, frozenset()))
         return SourceUser(
-            external_id=external_id,
-            email=mails[0] if mails else None,
-            other_emails=tuple(mails[1:]),
-            username=username,
-            display_name=_first_text(values, keys["display_name"]),
-            upn=upn or None,
-            dn=dn,
-            disabled=disabled,
-            attributes=kept,
-            groups=groups,
-            sam_account_name=username,
-            domain=_dns_domain(dn),
+            external_id,
+            email,
+            username,
+            display_name,
+            upn or None,
+            dn,
+            disabled,
+            kept,
+            groups,
+            other_emails,
+            username,
+            _dns_domain(dn),
         )
+
+    def _layout(self, keys: tuple[str, ...]) -> tuple[str | None, ...]:
+        """Which of an entry's attribute names (as the server spells them) holds each role:
+        worked out once per set of names rather than per entry."""
+        for key in keys:
+            self.names.setdefault(key, key.lower())
+        spelled = {self.names[key]: key for key in keys}
+        roles = ("external_id", "upn", "email", "member_of", "username", "display_name")
+        return tuple(spelled.get(self.keys[role]) if self.keys[role] else None for role in roles)
 
     def _decoded(self, name: str, raw: list[bytes]) -> list[str]:
         return [_guid(v) for v in raw] if name in self.binary else [_text(v) for v in raw]
@@ -819,11 +843,6 @@ _NOTHING_KEPT: dict[str, list[str]] = {}
 
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "replace")
-
-
-def _first_text(values: dict[str, list[bytes]], name: str) -> str:
-    found = values.get(name) if name else None
-    return found[0].decode("utf-8", "replace") if found else ""
 
 
 def _guid(raw: bytes) -> str:

@@ -175,19 +175,20 @@ class Plan:
 
 
 class _Owned(NamedTuple):
-    """A user the directory owns, as planning reads it (a tuple: 100,000s are built)."""
+    """A user the directory owns, as planning reads it: the row itself (100,000s are read)."""
 
     id: int
     email: str
     email_normalized: str
     username: str
     display_name: str
-    state: UserState
+    state: str  # a UserState value; compared with ==
     preserved_by: str | None
     profile_id: int
     storage_region_id: int
     dn: str | None
     upn: str | None
+    external_id: str
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,49 @@ def compiled_mappings(session: Session, directory_id: int) -> list[CompiledMappi
         )
         for m in rows
     ]
+
+
+_Decision = tuple["CompiledMapping | None", "CompiledMapping | None"]
+
+
+def _decider(
+    imports: Sequence[CompiledMapping],
+    deployments: Sequence[CompiledMapping],
+    closure: dict[str, frozenset[str]],
+) -> Callable[[SourceUser], _Decision]:
+    """(deployment mapping, import mapping) for an entry, each the first that matches.
+
+    Group, OU and "all" rules look only at an entry's groups and at the parent of its
+    normalised DN (when the DN holds no escapes, its first comma ends the first RDN), so with
+    only such rules the decision is worked out once per (parent, groups) rather than per
+    entry: thousands of users share a few hundred of them.
+    """
+
+    def evaluate(user: SourceUser) -> _Decision:
+        entry = candidate(user, closure)
+        return (
+            first_match(deployments, entry) if deployments else None,
+            first_match(imports, entry) if imports else None,
+        )
+
+    if any(m.rule.type not in _STRUCTURAL_RULES for m in (*imports, *deployments)):
+        return evaluate
+    decisions: dict[tuple[str, tuple[str, ...]], _Decision] = {}
+
+    def decide(user: SourceUser) -> _Decision:
+        dn = normalize_dn(user.dn)
+        if "\\" in dn:
+            return evaluate(user)
+        key = (dn.partition(",")[2], tuple(user.groups))
+        found = decisions.get(key)
+        if found is None:
+            found = decisions[key] = evaluate(user)
+        return found
+
+    return decide
+
+
+_STRUCTURAL_RULES = frozenset({"all", "group", "ou"})
 
 
 def first_match(mappings: Sequence[CompiledMapping], entry: Candidate) -> CompiledMapping | None:
@@ -266,7 +310,7 @@ def plan_sync(
         source,
         complete,
         seen=len(fetched),
-        owned_active=sum(1 for o in owned.values() if o.state is UserState.ACTIVE),
+        owned_active=sum(1 for o in owned.values() if o.state == UserState.ACTIVE),
     )
 
     # Pass 1: scope, mapping and chosen email (and its normalised key) for every entry.
@@ -275,41 +319,49 @@ def plan_sync(
     auto_update = directory.auto_update  # read once: an ORM attribute costs per access
     seen_ids: set[str] = set()
     deployment_rows: list[dict[str, Any]] = []
+    decide = _decider(imports, deployments, closure)
+    active = UserState.ACTIVE
     for user in fetched:
-        if user.external_id in seen_ids:
-            plan.warnings.append(f"entry {user.dn or user.external_id} was returned twice")
+        external_id = user.external_id
+        if external_id in seen_ids:
+            plan.warnings.append(f"entry {user.dn or external_id} was returned twice")
             continue
-        seen_ids.add(user.external_id)
-        entry = candidate(user, closure)
-        existing = owned.get(user.external_id)
-        if deployments and not user.disabled:
-            deploy = first_match(deployments, entry)
-            if deploy is not None:
-                deployment_rows.append(_deployment_row(directory, deploy, user))
-        mapping = first_match(imports, entry) if imports else None
+        seen_ids.add(external_id)
+        existing = owned.get(external_id)
+        deploy, mapping = decide(user)
+        if deploy is not None and not user.disabled:
+            deployment_rows.append(_deployment_row(directory, deploy, user))
         if mapping is None:
-            if existing is not None and existing.state is UserState.ACTIVE:
-                _preserve_or_leave(plan, directory, user.external_id, existing, "no_mapping")
+            if existing is not None and existing.state == active:
+                _preserve_or_leave(plan, directory, external_id, existing, "no_mapping")
             elif existing is None:
                 plan.out_of_scope += 1
             else:
                 plan.unchanged += 1
             continue
-        email, problem = _choose_email(user, existing)
-        key = normalize_email(email) if email and not problem else ""
+        email = user.email
         if (
             existing is not None
-            and key
-            and key == existing.email_normalized
-            and not user.disabled
-            and existing.state is UserState.ACTIVE
-            and _unchanged(auto_update, user, email, mapping, existing)  # type: ignore[arg-type]
+            and email
+            and not user.other_emails
+            and (key := email.strip().lower()) == existing.email_normalized
         ):
-            # The common case of a re-sync, settled here. The entry keeps its address: no
-            # other entry can outrank the one linked to the user who has it.
-            settled[key] = user
-            plan.unchanged += 1
-            continue
+            # A re-sync's common case, as _choose_email decides it: the address it already has.
+            email, problem = email.strip(), ""
+            if (
+                key
+                and not user.disabled
+                and existing.state == active
+                and _unchanged(auto_update, user, email, mapping, existing)
+            ):
+                # Settled here. The entry keeps its address: no other entry can outrank the
+                # one linked to the user who has it.
+                settled[key] = user
+                plan.unchanged += 1
+                continue
+        else:
+            email, problem = _choose_email(user, existing)
+            key = normalize_email(email) if email and not problem else ""
         scoped.append((user, mapping, email, problem, key, existing))
 
     winners = _email_winners(scoped, owned, settled)
@@ -327,7 +379,7 @@ def plan_sync(
     for user, mapping, email, problem, key, existing in scoped:
         base = Change(Action.SKIP, user.external_id, email, user.dn, mapping_id=mapping.mapping_id)
         if user.disabled:
-            if existing is not None and existing.state is UserState.ACTIVE:
+            if existing is not None and existing.state == UserState.ACTIVE:
                 _preserve_or_leave(plan, directory, user.external_id, existing, "disabled")
             elif existing is None:
                 plan.changes.append(_with(base, reason="disabled"))
@@ -351,7 +403,7 @@ def plan_sync(
             continue
         if (
             existing is not None
-            and existing.state is UserState.ACTIVE
+            and existing.state == UserState.ACTIVE
             and key == existing.email_normalized
         ):
             # The common case of a re-sync: the user keeps its address.
@@ -373,7 +425,7 @@ def plan_sync(
 
     if complete:
         for external_id, existing in owned.items():
-            if external_id not in seen_ids and existing.state is UserState.ACTIVE:
+            if external_id not in seen_ids and existing.state == UserState.ACTIVE:
                 _preserve_or_leave(plan, directory, external_id, existing, "vanished")
         plan.deployment = deployment_rows
     plan.hold_reason = _hold_reason(directory, plan)
@@ -423,7 +475,8 @@ def _raw_rows(session: Session, sql: str, params: tuple[Any, ...]) -> Iterator[t
         cursor = raw.cursor()
     try:
         cursor.execute(sql, params)
-        yield from cursor
+        while rows := cursor.fetchmany(10_000):
+            yield from rows
     finally:
         cursor.close()
 
@@ -432,20 +485,16 @@ _cursor_names = itertools.count()
 
 
 _OWNED_SQL = (
-    "SELECT external_id, id, email, email_normalized, username, display_name, state,"
-    " preserved_by, profile_id, storage_region_id, dn, upn FROM users WHERE source = ?"
+    "SELECT id, email, email_normalized, username, display_name, state, preserved_by,"
+    " profile_id, storage_region_id, dn, upn, external_id"
+    " FROM users WHERE source = ? AND external_id IS NOT NULL"
 )
 
 
 def _owned_users(session: Session, source: str) -> dict[str, _Owned]:
     """Every user the source owns, keyed by external id."""
-    states = {s.value: s for s in UserState}
-    # Most addresses are stored in lower case already: one string object serves both.
-    return {
-        external_id: _Owned(i, e, e if en == e else en, u, d, states[state], *rest)
-        for external_id, i, e, en, u, d, state, *rest in _raw_rows(session, _OWNED_SQL, (source,))
-        if external_id is not None
-    }
+    new = functools.partial(tuple.__new__, _Owned)  # no Python call per row
+    return {row[11]: new(row) for row in _raw_rows(session, _OWNED_SQL, (source,))}
 
 
 def _choose_email(user: SourceUser, existing: _Owned | None) -> tuple[str | None, str]:
@@ -523,7 +572,7 @@ def _plan_existing(
     mapping: CompiledMapping,
     existing: _Owned,
 ) -> None:
-    if existing.state is UserState.ACTIVE and _unchanged(
+    if existing.state == UserState.ACTIVE and _unchanged(
         directory.auto_update, user, email, mapping, existing
     ):
         plan.unchanged += 1
@@ -536,10 +585,10 @@ def _plan_existing(
         user_id=existing.id,
         mapping_id=mapping.mapping_id,
     )
-    if existing.state is UserState.DELETED:
+    if existing.state == UserState.DELETED:
         plan.changes.append(_with(base, reason="deleted"))
         return
-    if existing.state is UserState.PRESERVED and existing.preserved_by != directory.source:
+    if existing.state == UserState.PRESERVED and existing.preserved_by != directory.source:
         plan.changes.append(_with(base, reason=f"preserved_by:{existing.preserved_by}"))
         return
     wanted: dict[str, Any] = {"dn": user.dn or None, "upn": user.upn or None}
@@ -560,7 +609,7 @@ def _plan_existing(
                 )
     values = {k: v for k, v in wanted.items() if getattr(existing, k) != v}
     before = {k: getattr(existing, k) for k in values}
-    if existing.state is UserState.PRESERVED:
+    if existing.state == UserState.PRESERVED:
         plan.changes.append(
             _with(base, action=Action.REACTIVATE, reason="back", values=values, before=before)
         )
