@@ -85,11 +85,15 @@ def decompress(mode: int, payload: bytes) -> bytes:
     if mode == STORED:
         return payload
     if mode == ZSTD:
-        try:
-            return _decompressor().decompress(payload)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"blob does not decompress: {exc}") from exc
+        return _unzstd(payload)
     raise IntegrityError(f"unknown storage mode {mode}")
+
+
+def _unzstd(payload: bytes | memoryview) -> bytes:
+    try:
+        return _decompressor().decompress(payload)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"blob does not decompress: {exc}") from exc
 
 
 def blob_aad(blob_type: BlobType, blob_id: bytes) -> bytes:
@@ -111,47 +115,26 @@ class Crypto:
     def _cipher(self, blob_type: BlobType) -> AESGCM:
         return self._data if blob_type == BlobType.DATA else self._meta
 
-    def seal_blob_parts(
-        self, blob_type: BlobType, blob_id: bytes, plaintext: bytes | memoryview
-    ) -> tuple[bytes, bytes]:
-        """(mode ‖ nonce, ciphertext ‖ tag): two parts, so a raw chunk is never copied just
-        to prepend a header."""
-        mode, payload = compress(plaintext)
+    def seal_compressed(
+        self, blob_type: BlobType, blob_id: bytes, mode: int, payload: bytes | memoryview
+    ) -> bytearray:
+        """The sealed blob (mode ‖ nonce ‖ ciphertext ‖ tag) of an already ``compress``-ed
+        payload, encrypted straight into its one buffer: no copy of the payload and no
+        separate ciphertext (the buffer becomes part of a pack as it is)."""
         nonce = os.urandom(NONCE_BYTES)
         aad = blob_aad(blob_type, blob_id) + bytes((mode,))
-        return bytes((mode,)) + nonce, self._cipher(blob_type).encrypt(nonce, payload, aad)
-
-    def seal_blob_into(
-        self,
-        buf: bytearray,
-        blob_type: BlobType,
-        blob_id: bytes,
-        mode: int,
-        payload: bytes | memoryview,
-    ) -> None:
-        """Append the sealed blob of an already ``compress``-ed payload to ``buf``: the payload
-        is copied once and encrypted in place (OpenSSL's GCM allows output == input), so no
-        chunk-sized ciphertext is allocated per blob (peak memory of a backup)."""
-        nonce = os.urandom(NONCE_BYTES)
-        aad = blob_aad(blob_type, blob_id) + bytes((mode,))
-        buf += bytes((mode,)) + nonce
-        start = len(buf)
-        buf += payload
-        buf += bytes(TAG_BYTES)
-        view = memoryview(buf)
-        plain, out = view[start : start + len(payload)], view[start:]
-        try:
-            self._cipher(blob_type).encrypt_into(nonce, plain, aad, out)
-        finally:
-            plain.release()
-            out.release()
-            view.release()
+        sealed = bytearray(1 + NONCE_BYTES + len(payload) + TAG_BYTES)
+        sealed[0] = mode
+        sealed[1 : 1 + NONCE_BYTES] = nonce
+        with memoryview(sealed) as view, view[1 + NONCE_BYTES :] as out:
+            self._cipher(blob_type).encrypt_into(nonce, payload, aad, out)
+        return sealed
 
     def seal_blob(
         self, blob_type: BlobType, blob_id: bytes, plaintext: bytes | memoryview
-    ) -> bytes:
-        head, body = self.seal_blob_parts(blob_type, blob_id, plaintext)
-        return head + body
+    ) -> bytearray:
+        mode, payload = compress(plaintext)
+        return self.seal_compressed(blob_type, blob_id, mode, payload)
 
     def open_blob(
         self,
@@ -173,6 +156,37 @@ class Crypto:
         if verify_id and self.blob_id(plaintext) != blob_id:
             raise IntegrityError(f"blob {blob_id.hex()} does not match its id")
         return plaintext
+
+    def open_blob_into(
+        self,
+        blob_type: BlobType,
+        blob_id: bytes,
+        sealed: bytes | memoryview,
+        out: memoryview,
+    ) -> memoryview:
+        """``open_blob`` without the id check, decrypting into ``out`` (at least the sealed
+        length): restore reuses one buffer per thread instead of allocating each blob. The
+        result is a view of ``out``, or of a fresh buffer when the blob was compressed."""
+        what = f"blob {blob_id.hex()}"
+        if len(sealed) < SEAL_OVERHEAD:
+            raise IntegrityError(f"{what} is truncated")
+        mode = sealed[0]
+        view = memoryview(sealed)
+        out = out[: len(sealed) - SEAL_OVERHEAD]
+        try:
+            self._cipher(blob_type).decrypt_into(
+                view[1 : 1 + NONCE_BYTES],
+                view[1 + NONCE_BYTES :],
+                blob_aad(blob_type, blob_id) + bytes((mode,)),
+                out,
+            )
+        except InvalidTag:
+            raise IntegrityError(f"{what} failed authentication") from None
+        if mode == STORED:
+            return out
+        if mode == ZSTD:
+            return memoryview(_unzstd(out))
+        raise IntegrityError(f"unknown storage mode {mode}")
 
     def seal_object(self, kind: ObjectKind, plaintext: bytes) -> bytes:
         mode, payload = compress(plaintext)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from fleetkeep.backup.crypto import ID_BYTES, BlobType, Crypto, ObjectKind, content_name
+import blake3
+
+from fleetkeep.backup.crypto import ID_BYTES, BlobType, Crypto, ObjectKind
 from fleetkeep.backup.errors import IntegrityError
 
 PACK_TARGET_BYTES = 16 * 1024 * 1024
@@ -53,46 +55,34 @@ assert _ENTRY.size == 1 + ID_BYTES + 8
 
 
 class PackWriter:
-    """Collects sealed blobs until the pack is big enough to be worth one store write."""
+    """Collects sealed blobs until the pack is big enough to be worth one store write.
+
+    Blobs are kept as the buffers they were sealed into, not copied into one growing pack
+    buffer: sealing happens outside the sink's lock, and appending is O(1). The store writes
+    the parts with one gathered write (``Store.put_parts``)."""
 
     def __init__(self) -> None:
-        # One growing buffer, not a list joined at the end: a finished pack exists once in
-        # memory, not twice (large reallocs grow in place with mremap).
-        self._buf = bytearray()
+        self.parts: list[bytes | bytearray] = []
         self.entries: list[PackEntry] = []
+        self.size = 0
 
-    @property
-    def size(self) -> int:
-        return len(self._buf)
+    def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes | bytearray) -> None:
+        self.parts.append(sealed)
+        self.entries.append(PackEntry(blob_type, blob_id, self.size, len(sealed)))
+        self.size += len(sealed)
 
-    def add(self, blob_type: BlobType, blob_id: bytes, *sealed_parts: bytes) -> None:
-        start = len(self._buf)
-        for part in sealed_parts:
-            self._buf += part
-        self.entries.append(PackEntry(blob_type, blob_id, start, len(self._buf) - start))
-
-    def add_sealing(
-        self,
-        crypto: Crypto,
-        blob_type: BlobType,
-        blob_id: bytes,
-        mode: int,
-        payload: bytes | memoryview,
-    ) -> None:
-        """Seal a compressed payload straight into the pack."""
-        start = len(self._buf)
-        crypto.seal_blob_into(self._buf, blob_type, blob_id, mode, payload)
-        self.entries.append(PackEntry(blob_type, blob_id, start, len(self._buf) - start))
-
-    def finish(self, crypto: Crypto) -> tuple[str, bytearray]:
-        """Return the pack id (BLAKE3 of the whole file) and its bytes."""
+    def finish(self, crypto: Crypto) -> tuple[str, list[bytes | bytearray]]:
+        """Return the pack id (BLAKE3 of the whole file) and its bytes, as parts."""
         header = crypto.seal_object(
             ObjectKind.PACK_HEADER, _HEADER_MAGIC + encode_entries(self.entries)
         )
-        data, self._buf = self._buf, bytearray()
-        data += header
-        data += _TRAILER.pack(len(header))
-        return content_name(data), data
+        parts, self.parts = self.parts, []
+        parts.append(header)
+        parts.append(_TRAILER.pack(len(header)))
+        hasher = blake3.blake3()
+        for part in parts:
+            hasher.update(part)
+        return hasher.hexdigest(), parts
 
 
 def header_length(trailer: bytes) -> int:

@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -417,24 +417,23 @@ class BlobSink:
             return True
 
     def put(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> None:
-        """Store a blob already reserved by this caller."""
-        mode, payload = compress(data)  # outside the lock: the slow part, and GIL-free
-        crypto = self._repo.crypto
-        self._append(
-            blob_type,
-            len(data),
-            lambda w: w.add_sealing(crypto, blob_type, blob_id, mode, payload),
-        )
+        """Store a blob already reserved by this caller. Compressing and sealing happen
+        outside the lock (the slow, GIL-free part); the lock only appends to a pack."""
+        mode, payload = compress(data)
+        sealed = self._repo.crypto.seal_compressed(blob_type, blob_id, mode, payload)
+        self._append(blob_type, blob_id, sealed, len(data))
 
     def put_sealed(self, blob_type: BlobType, blob_id: bytes, sealed: bytes) -> None:
         """Repack an already-sealed blob (prune): the seal is bound to the id, not the pack."""
-        self._append(blob_type, 0, lambda w: w.add(blob_type, blob_id, sealed))
+        self._append(blob_type, blob_id, sealed, 0)
 
-    def _append(self, blob_type: BlobType, new: int, fill: Callable[[PackWriter], None]) -> None:
+    def _append(
+        self, blob_type: BlobType, blob_id: bytes, sealed: bytes | bytearray, new: int
+    ) -> None:
         full: PackWriter | None = None
         with self._lock:
             writer = self._writers[blob_type]
-            fill(writer)
+            writer.add(blob_type, blob_id, sealed)
             if new:
                 self.new_blobs += 1
                 self.new_bytes += new
@@ -460,10 +459,10 @@ class BlobSink:
             self._uploads.append(fut)
 
     def _write_pack(self, writer: PackWriter) -> None:
-        pack_id, data = writer.finish(self._repo.crypto)
-        self._repo.store.put(pack_name(pack_id), data)
+        pack_id, parts = writer.finish(self._repo.crypto)
+        self._repo.store.put_parts(pack_name(pack_id), parts)
         with self._lock:
-            self.stored_bytes += len(data)
+            self.stored_bytes += sum(len(p) for p in parts)
             self.written_packs.append(pack_id)
             self._unindexed.append((pack_id, writer.entries))
             self._repo.index.add_pack(pack_id, writer.entries)

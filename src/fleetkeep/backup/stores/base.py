@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from fleetkeep.backup.errors import BackupError
+from fleetkeep.backup.errors import BackupError, ObjectNotFound
 
 _NAME = re.compile(r"^[a-z]+(/[0-9a-z][0-9a-z._-]*)*$")
 
@@ -42,6 +42,11 @@ class Store(ABC):
     @abstractmethod
     def put(self, name: str, data: bytes | bytearray) -> None: ...
 
+    def put_parts(self, name: str, parts: Sequence[bytes | bytearray]) -> None:
+        """``put`` of the parts' concatenation; a store that can gather-write avoids the join
+        (a pack arrives as its sealed blobs)."""
+        self.put(name, b"".join(parts))
+
     @abstractmethod
     def get(self, name: str) -> bytes:
         """Raise ``ObjectNotFound`` when absent."""
@@ -49,6 +54,17 @@ class Store(ABC):
     @abstractmethod
     def get_range(self, name: str, offset: int, length: int) -> bytes:
         """``length`` bytes from ``offset``; a negative ``offset`` counts from the end."""
+
+    def get_range_into(self, name: str, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` from ``offset`` (not negative); a store that can read into a buffer
+        saves an allocation per call (restore's large blobs)."""
+        data = self.get_range(name, offset, len(buf))
+        if len(data) != len(buf):
+            raise ObjectNotFound(f"object {name} is shorter than {offset + len(buf)} bytes")
+        buf[:] = data
+
+    def prefetch(self, name: str) -> None:  # noqa: B027 (an optional hint, not abstract)
+        """A hint that ``name`` will be read soon; stores that can read ahead do."""
 
     @abstractmethod
     def exists(self, name: str) -> bool: ...

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,15 +22,16 @@ class FilesystemStore(Store):
         return self.root / check_name(name)
 
     def put(self, name: str, data: bytes | bytearray) -> None:
+        self.put_parts(name, [data])
+
+    def put_parts(self, name: str, parts: Sequence[bytes | bytearray]) -> None:
         path = self._path(name)
         parent = path.parent
         parent.mkdir(parents=True, exist_ok=True)
         tmp = parent / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_all(fd, parts)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -62,6 +63,34 @@ class FilesystemStore(Store):
         finally:
             os.close(fd)
 
+    def get_range_into(self, name: str, offset: int, buf: memoryview) -> None:
+        try:
+            fd = os.open(self._path(name), os.O_RDONLY)
+        except FileNotFoundError:
+            raise ObjectNotFound(f"object {name} not found") from None
+        try:
+            done = 0
+            while done < len(buf):
+                n = os.preadv(fd, [buf[done:]], offset + done)
+                if n == 0:
+                    raise ObjectNotFound(f"object {name} is shorter than {offset + len(buf)} bytes")
+                done += n
+        finally:
+            os.close(fd)
+
+    def prefetch(self, name: str) -> None:
+        """Ask the kernel to read the whole object ahead, in the background."""
+        try:
+            fd = os.open(self._path(name), os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
 
@@ -85,3 +114,21 @@ class FilesystemStore(Store):
 
     def delete(self, name: str) -> None:
         self._path(name).unlink(missing_ok=True)
+
+
+_IOV_MAX = 1024
+
+
+def _write_all(fd: int, parts: Sequence[bytes | bytearray]) -> None:
+    """Gathered writes of all parts, resuming after short writes."""
+    views = [memoryview(p) for p in parts if len(p)]
+    while views:
+        batch = views[:_IOV_MAX]
+        written = os.writev(fd, batch)
+        done = 0
+        while done < len(batch) and written >= len(batch[done]):
+            written -= len(batch[done])
+            done += 1
+        views = views[done:]
+        if written:
+            views[0] = views[0][written:]
