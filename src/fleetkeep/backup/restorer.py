@@ -29,7 +29,14 @@ _WINDOW = 1024 * 1024
 _WINDOWS_KEPT = 16
 # Directories waiting for their files each hold an open descriptor: cap them.
 _MAX_PENDING_DIRS = 256
-_IN_FLIGHT_FILES = 32
+_IN_FLIGHT_TASKS = 16
+# Small files are restored in batches, one pool task each (a task costs as much GIL-held
+# Python as writing a small file); a file of at least _BATCH_BYTES has its own task.
+_BATCH_FILES = 32
+_BATCH_BYTES = 1024 * 1024
+# Packs hinted to the store ahead of use (restore order follows backup order, and so the
+# order packs were written in): the store can read them while earlier ones are written out.
+_PREFETCH_PACKS = 2
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
 
@@ -53,6 +60,20 @@ class RestoreStats:
 RestoreProgress = Callable[[RestoreStats], None]
 
 
+_ZEROS = bytes(64 * 1024)
+
+
+def _all_zero(data: memoryview) -> bool:
+    """Whether a blob is all zero bytes (it becomes a hole). Bytes compare with memcmp, views
+    element by element, so slices are copied out; the first non-zero slice ends it."""
+    step = len(_ZEROS)
+    for i in range(0, len(data), step):
+        part = data[i : i + step].tobytes()
+        if part != _ZEROS[: len(part)]:
+            return False
+    return True
+
+
 def _split(path: str) -> tuple[bytes, ...]:
     return tuple(c for c in os.fsencode(path).split(b"/") if c and c != b".")
 
@@ -68,6 +89,14 @@ class Restorer:
         self._uid, self._gid = os.geteuid(), os.getegid()
         self._lock = threading.Lock()
         self._is_root = os.geteuid() == 0
+        # Files are created with their final mode when the umask leaves it intact, which
+        # saves a chmod per file; the umask is read once (setting it is process-wide).
+        self._umask = os.umask(0o077)
+        os.umask(self._umask)
+        self._buffers = threading.local()
+        self._prefetched: set[str] = set()
+        self._pack_order = {p: i for i, p in enumerate(repo.index.packs())}
+        self._packs_in_order = list(self._pack_order)
 
     def run(
         self,
@@ -79,7 +108,7 @@ class Restorer:
         Path(target).mkdir(parents=True, exist_ok=True)
         root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
         self._pool = ThreadPoolExecutor(max_workers=self._workers)
-        self._slots = threading.Semaphore(_IN_FLIGHT_FILES)
+        self._slots = threading.Semaphore(_IN_FLIGHT_TASKS)
         self._pending: deque[_PendingDir] = deque()
         try:
             top = self._restore_tree(root_fd, snap.tree, (), includes, 0)
@@ -116,6 +145,8 @@ class Restorer:
         if depth > _MAX_DEPTH:
             raise UnsafePath(f"snapshot tree deeper than {_MAX_DEPTH} levels")
         files: list[Future[None]] = []
+        batch: list[Node] = []
+        batch_bytes = 0
         for node in self.repo.read_tree(tree_id):
             child = (*path, node.name)
             wanted, whole = self._selected(child, includes)
@@ -148,11 +179,31 @@ class Restorer:
                 )
                 self.stats.symlinks += 1
             elif whole or includes is None or child in includes:
-                self._slots.acquire()
-                fut = self._pool.submit(self._restore_file, dir_fd, node)
-                fut.add_done_callback(lambda _: self._slots.release())
-                files.append(fut)
+                if node.size >= _BATCH_BYTES:
+                    files.append(self._submit(dir_fd, [node]))
+                    continue
+                batch.append(node)
+                batch_bytes += node.size
+                if len(batch) >= _BATCH_FILES or batch_bytes >= _BATCH_BYTES:
+                    files.append(self._submit(dir_fd, batch))
+                    batch, batch_bytes = [], 0
+        if batch:
+            files.append(self._submit(dir_fd, batch))
         return files
+
+    def _submit(self, dir_fd: int, nodes: list[Node]) -> Future[None]:
+        self._slots.acquire()
+        fut = self._pool.submit(self._restore_files, dir_fd, nodes)
+        fut.add_done_callback(lambda _: self._slots.release())
+        return fut
+
+    def _restore_files(self, dir_fd: int, nodes: list[Node]) -> None:
+        size = 0
+        for node in nodes:
+            size += self._restore_file(dir_fd, node)
+        with self._lock:
+            self.stats.files += len(nodes)
+            self.stats.bytes += size
 
     def _finish_dirs(self, *, block: bool) -> None:
         """Apply directory metadata once all its files exist (creating them changes mtime)."""
@@ -189,42 +240,51 @@ class Restorer:
         except IsADirectoryError:
             raise UnsafePath(f"{name!r} is a directory in the target") from None
 
-    def _restore_file(self, dir_fd: int, node: Node) -> None:
+    def _restore_file(self, dir_fd: int, node: Node) -> int:
+        """Write one file; returns its size."""
+        mode = node.mode if not node.mode & (self._umask | ~0o777) else 0o600
         try:
-            fd = os.open(node.name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
+            fd = os.open(node.name, _FILE_FLAGS, mode, dir_fd=dir_fd)
         except FileExistsError:
             self._replace(dir_fd, node.name)
-            fd = os.open(node.name, _FILE_FLAGS, 0o600, dir_fd=dir_fd)
+            fd = os.open(node.name, _FILE_FLAGS, mode, dir_fd=dir_fd)
         try:
             offset = written = 0
             for blob_id in node.content:
                 data = self._read_blob(blob_id)
-                if not (data[:1] == b"\0" and data.count(0) == len(data)):
-                    view = memoryview(data)
-                    pos = offset
+                n = len(data)
+                if n and not (data[0] == 0 and _all_zero(data)):
+                    view, pos = data, offset
                     while view:
-                        n = os.pwrite(fd, view, pos)
-                        view, pos = view[n:], pos + n
-                    written = pos
-                offset += len(data)
+                        k = os.pwrite(fd, view, pos)
+                        view, pos = view[k:], pos + k
+                    written = offset + n
+                offset += n
             if written < offset:  # the file ends in a hole
                 os.ftruncate(fd, offset)
-            self._apply_meta(fd, node)
+            self._apply_meta(fd, node, chmod=mode != node.mode)
         finally:
             os.close(fd)
-        with self._lock:
-            self.stats.files += 1
-            self.stats.bytes += offset
+        return offset
 
-    def _read_blob(self, blob_id: bytes) -> bytes:
-        """Small blobs are read through aligned pack windows shared by all writers: files
-        restored in backup order sit next to each other, so one read serves many blobs."""
+    def _read_blob(self, blob_id: bytes) -> memoryview:
+        """The blob's plaintext, valid until this thread reads its next blob.
+
+        Small blobs are read through aligned pack windows shared by all writers: files
+        restored in backup order sit next to each other, so one read serves many blobs.
+        Larger ones are read and decrypted into this thread's reused buffers."""
         loc = self.repo.index.get(blob_id)
         if loc is None:
-            return self.repo.read_blob(blob_id, verify_id=False)
+            return memoryview(self.repo.read_blob(blob_id, verify_id=False))
+        self._prefetch(loc.pack_id)
+        crypto = self.repo.crypto
         first, last = loc.offset // _WINDOW, (loc.offset + loc.length - 1) // _WINDOW
         if first != last:
-            return self.repo.read_blob(blob_id, verify_id=False)
+            sealed = self._buffer("sealed", loc.length)
+            self.repo.store.get_range_into(pack_name(loc.pack_id), loc.offset, sealed)
+            return crypto.open_blob_into(
+                loc.blob_type, blob_id, sealed, self._buffer("plain", loc.length)
+            )
         key = (loc.pack_id, first)
         with self._lock:
             window = self._windows.get(key)
@@ -237,10 +297,31 @@ class Restorer:
                 while len(self._windows) > _WINDOWS_KEPT:
                     self._windows.popitem(last=False)
         start = loc.offset - first * _WINDOW
-        sealed = memoryview(window)[start : start + loc.length]
-        return self.repo.crypto.open_blob(loc.blob_type, blob_id, sealed, verify_id=False)
+        sealed_view = memoryview(window)[start : start + loc.length]
+        return crypto.open_blob_into(
+            loc.blob_type, blob_id, sealed_view, self._buffer("plain", loc.length)
+        )
 
-    def _apply_meta(self, fd: int, node: Node) -> None:
+    def _buffer(self, which: str, length: int) -> memoryview:
+        buf: bytearray | None = getattr(self._buffers, which, None)
+        if buf is None or len(buf) < length:
+            buf = bytearray(max(length, _WINDOW))
+            setattr(self._buffers, which, buf)
+        return memoryview(buf)[:length]
+
+    def _prefetch(self, pack_id: str) -> None:
+        """Hint the pack in use and the next ones written after it (once each)."""
+        if pack_id in self._prefetched:
+            return
+        at = self._pack_order.get(pack_id)
+        upcoming = [pack_id] if at is None else self._packs_in_order[at : at + 1 + _PREFETCH_PACKS]
+        with self._lock:
+            fresh = [p for p in upcoming if p not in self._prefetched]
+            self._prefetched.update(fresh)
+        for p in fresh:
+            self.repo.store.prefetch(pack_name(p))
+
+    def _apply_meta(self, fd: int, node: Node, *, chmod: bool = True) -> None:
         for name, value in node.xattrs.items():
             try:
                 os.setxattr(fd, name, value)
@@ -249,5 +330,6 @@ class Restorer:
                     self.stats.warnings += 1
         if self._is_root and (node.uid, node.gid) != (self._uid, self._gid):
             os.fchown(fd, node.uid, node.gid)
-        os.fchmod(fd, node.mode)
+        if chmod:
+            os.fchmod(fd, node.mode)
         os.utime(fd, ns=(node.mtime_ns, node.mtime_ns))
