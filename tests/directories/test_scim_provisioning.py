@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
+from scim2_models import Context
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from fleetkeep.audit.service import SYSTEM
+from fleetkeep.directories.scim.models import ScimUser
+from fleetkeep.directories.scim.protocol import (
+    SEARCH_SCHEMA,
+    UserResource,
+    dump,
+    parse_resource,
+    user_name_filter,
+)
+from fleetkeep.directories.scim.service import Stored
+from fleetkeep.identity.models import User, UserState
 from tests.directories.scim_support import (
     ENTERPRISE,
     ERROR_SCHEMA,
@@ -445,6 +458,83 @@ def test_filters_on_attributes_without_an_index_still_find_users(scim: Scim) -> 
     ):
         found = scim("GET", f"/Users?filter={text}").json()
         assert [r["id"] for r in found["Resources"]] == [made["id"]], text
+
+
+def test_user_name_eq_answers_as_the_filter_parser_does(scim: Scim) -> None:
+    """``userName eq`` skips the parser (the common case); the answer must not change."""
+    made = scim("POST", "/Users", new_user("Rae.Quote@example.com", displayName="Rae")).json()
+    scim("POST", "/Users", new_user("rae@example.com"))
+    group = {"schemas": [GROUP_SCHEMA], "displayName": "Ops", "members": [{"value": made["id"]}]}
+    assert scim("POST", "/Groups", group).status_code == 201
+    for text in (
+        'userName eq "rae.quote@example.com"',
+        'USERNAME EQ "Rae.Quote@example.com"',
+        ' userName  eq  "RAE.QUOTE@EXAMPLE.COM" ',
+        'userName eq "Rae.Quote\u0040example.com"',
+        'userName eq "nobody@example.com"',
+    ):
+        fast = scim("GET", f"/Users?filter={quote(text)}")
+        parsed = scim(
+            "POST", "/Users/.search", {"schemas": [SEARCH_SCHEMA], "filter": text, "count": 50}
+        )
+        assert fast.status_code == parsed.status_code == 200, text
+        assert fast.json() == parsed.json(), text
+    found = scim("GET", "/Users?filter=" + quote('userName eq "rae.quote@example.com"'))
+    assert [g["display"] for g in found.json()["Resources"][0]["groups"]] == ["Ops"]
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"filter": 'userName eq "a@b.c"'}, "a@b.c"),
+        ({"filter": 'username EQ "a\\"b"'}, 'a"b'),
+        ({"filter": 'userName eq "a@b.c" and active eq true'}, None),
+        ({"filter": 'userName eq "a" or userName eq "b"'}, None),
+        ({"filter": 'userName ne "a@b.c"'}, None),
+        ({"filter": 'emails.value eq "a@b.c"'}, None),
+        ({"filter": 'userName eq "a@b.c"', "attributes": "userName"}, None),
+        ({"filter": 'userName eq "a@b.c"', "startIndex": "2"}, None),
+        ({"filter": 'userName eq "\\x"'}, None),
+        ({}, None),
+    ],
+)
+def test_only_a_lone_user_name_eq_takes_the_index_only_answer(
+    params: dict[str, Any], expected: str | None
+) -> None:
+    assert user_name_filter(params) == expected
+
+
+def test_served_user_is_the_model_dump_of_the_stored_user() -> None:
+    """Responses are built from the stored attributes; they equal the validated model's dump."""
+    body = new_user(
+        "Kim@example.com",
+        schemas=[USER_SCHEMA, ENTERPRISE],
+        externalId="k-1",
+        password="not-kept-in-answers",
+        name={"givenName": "Kim", "familyName": "Lee", "formatted": "Kim Lee"},
+        title="Engineer",
+        phoneNumbers=[{"value": "+1 555 0100", "type": "work"}],
+        addresses=[{"streetAddress": "1 Main St", "country": "US", "primary": True}],
+        x509Certificates=[{"value": "TWFu"}],
+    )
+    body[ENTERPRISE] = {"department": "Ops", "manager": {"value": "7", "$ref": "../Users/7"}}
+    resource = parse_resource(UserResource, body, Context.RESOURCE_CREATION_REQUEST)
+    attributes = resource.model_dump(scim_ctx=Context.DEFAULT)
+    moments = [datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC), datetime(2026, 1, 2, 3, 4, 5, 60, UTC)]
+    for state in (UserState.ACTIVE, UserState.PRESERVED):
+        for groups in ([], [(3, "Ops"), (9, "All staff")]):
+            user = User(id=42, state=state)
+            row = ScimUser(
+                user_id=42,
+                attributes=attributes,
+                created_at=moments[0],
+                updated_at=moments[1],
+                version=5,
+            )
+            stored = Stored(user, row, groups, "https://fk.example/scim/v2")
+            expected = dump(stored.resource, Context.RESOURCE_QUERY_RESPONSE, None)
+            assert json.loads(json.dumps(stored.body)) == expected
+            assert "password" not in stored.body
 
 
 def test_put_replaces_and_refuses_another_users_name(scim: Scim) -> None:

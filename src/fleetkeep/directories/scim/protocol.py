@@ -10,6 +10,7 @@ tolerated client quirks (Entra ID's ``"False"``) and the translation of failures
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -59,6 +60,11 @@ MAX_PATCH_OPERATIONS = 100
 UNSAFE_NAME_CHARS = str.maketrans({c: "_" for c in "?*/\\<>"})
 
 R = TypeVar("R", bound=Resource[Any])
+# ``filter=userName eq "…"``, what identity providers send before every push; the value is a
+# JSON string (RFC 7644 §3.4.2.2). Attribute names and operators are case-insensitive.
+USER_NAME_EQ = re.compile(r'\s*username\s+eq\s+("(?:[^"\\]|\\.)*")\s*', re.IGNORECASE)
+# User attributes never returned (RFC 7643 §4.1.1: ``password`` is ``returned: never``).
+NEVER_RETURNED = ("password",)
 
 # What real identity providers send and the RFC's strict reading refuses: Entra ID removes
 # members with ``remove`` + ``value`` and adds emails through an unmatched path filter;
@@ -159,6 +165,26 @@ def parse_search(model: type[R], params: dict[str, Any]) -> SearchRequest[R]:
     except RecursionError:
         raise ScimError(400, "the filter is nested too deeply", "invalidFilter") from None
     return search
+
+
+def user_name_filter(params: dict[str, Any]) -> str | None:
+    """The userName of a search that is only ``filter=userName eq "…"``, else None.
+
+    Such a search is answered from the unique index alone (userName is ``caseExact: false``,
+    so the index on its lower-cased form finds exactly the matches) without the filter parser
+    and the resource models, which cost a GET most of its time.
+    """
+    text = params.get("filter")
+    if len(params) != 1 or not isinstance(text, str) or len(text) > MAX_FILTER_CHARS:
+        return None
+    found = USER_NAME_EQ.fullmatch(text)
+    if found is None:
+        return None
+    try:
+        value = json.loads(found.group(1))
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _nesting(text: str) -> int:
@@ -292,6 +318,48 @@ def meta(
     )
 
 
+def served_user(
+    attributes: dict[str, Any],
+    *,
+    user_id: int,
+    active: bool,
+    groups: list[dict[str, str]],
+    location: str,
+    created: datetime,
+    modified: datetime,
+    version: int,
+) -> dict[str, Any]:
+    """A User as every response serves it, from its stored attributes (a model dump).
+
+    Equal to ``dump`` of the validated resource with these ``id``, ``active``, ``groups`` and
+    ``meta`` (tests hold the two together), without the model round trip that would cost a
+    request about 0.8 ms. ``active`` follows the user's state once the client assigned it.
+    """
+    body = {k: v for k, v in attributes.items() if k not in NEVER_RETURNED}
+    body["id"] = str(user_id)
+    body["meta"] = {
+        "resourceType": "User",
+        "created": _timestamp(created),
+        "lastModified": _timestamp(modified),
+        "location": location,
+        "version": etag(version),
+    }
+    if "active" in body:
+        body["active"] = active
+    if groups:
+        body["groups"] = groups
+    return body
+
+
+def membership(group_id: int, name: str) -> dict[str, str]:
+    """One of a User's ``groups`` as served (fleetkeep has direct memberships only)."""
+    return {"value": str(group_id), "display": name, "type": "direct"}
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
 def dump(resource: Resource[Any], context: Context, search: SearchRequest[Any] | None) -> Any:
     return resource.model_dump(scim_ctx=context, response_parameters=search)
 
@@ -307,12 +375,19 @@ def list_response(
     offset = (search.start_index or 1) - 1
     count = MAX_RESULTS if search.count is None else min(search.count, MAX_RESULTS)
     page = found[offset : offset + count]
+    return list_page(
+        len(found), search.start_index or 1, [dump(r, Context.SEARCH_RESPONSE, s) for r, s in page]
+    )
+
+
+def list_page(total: int, start: int, page: list[Any]) -> dict[str, Any]:
+    """A ListResponse holding ``page``, the served resources from ``start`` on."""
     return {
         "schemas": [ListResponse.__schema__],
-        "totalResults": len(found),
-        "startIndex": search.start_index or 1,
+        "totalResults": total,
+        "startIndex": start,
         "itemsPerPage": len(page),
-        "Resources": [dump(r, Context.SEARCH_RESPONSE, s) for r, s in page],
+        "Resources": page,
     }
 
 
@@ -405,10 +480,4 @@ def _require_email(schema: Schema) -> None:
 
 
 def discovery_list(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "schemas": [ListResponse.__schema__],
-        "totalResults": len(items),
-        "startIndex": 1,
-        "itemsPerPage": len(items),
-        "Resources": items,
-    }
+    return list_page(len(items), 1, items)

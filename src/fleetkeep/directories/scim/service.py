@@ -14,21 +14,23 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cached_property, lru_cache
 from typing import Any
 
 from scim2_models import Context, GroupMember, GroupMembership, PatchOp, SearchRequest
 from scim2_models.path.expressions import CompareOperator, Comparison, FilterNode, LogicalExpr
-from sqlalchemy import Select, delete, func, select, update
+from sqlalchemy import Select, bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from fleetkeep.alerts.service import raise_alert, resolve_alert
 from fleetkeep.audit.service import Actor, record
 from fleetkeep.db import utcnow
 from fleetkeep.directories import service as directories
-from fleetkeep.directories.mappings import Candidate, normalize_dn
+from fleetkeep.directories.mappings import Candidate, Rule, normalize_dn, parse_rule
 from fleetkeep.directories.models import Directory, DirectoryKind, Mapping, MappingPurpose
 from fleetkeep.directories.scim.models import ScimGroup, ScimGroupMember, ScimToken, ScimUser
 from fleetkeep.directories.scim.protocol import (
@@ -40,11 +42,13 @@ from fleetkeep.directories.scim.protocol import (
     check_if_match,
     display_name,
     matches,
+    membership,
     meta,
     sanitize_username,
+    served_user,
     user_email,
 )
-from fleetkeep.directories.sync import CompiledMapping, compiled_mappings, first_match
+from fleetkeep.directories.sync import CompiledMapping, first_match
 from fleetkeep.errors import Conflict, InvalidInput, Unauthorized
 from fleetkeep.identity import service as identity
 from fleetkeep.identity.models import QuotaUnit, User, UserState
@@ -108,10 +112,18 @@ def active_token(session: Session) -> ScimToken | None:
     )
 
 
-def authenticate(session: Session, plain: str | None) -> ScimToken:
+# Built once: building a statement costs more than running it on a warm connection.
+_TOKEN_BY_HASH = select(ScimToken.revoked_at, ScimToken.expires_at).where(
+    ScimToken.token_hash == bindparam("digest")
+)
+
+
+def authenticate(session: Session, plain: str | None) -> None:
+    """Every request checks its token in the database (one indexed read, no cache): a revoked
+    or regenerated token stops working at once, in every server process."""
     if not plain:
         raise Unauthorized("send 'Authorization: Bearer <SCIM token>'", code="no_token")
-    token = session.scalar(select(ScimToken).where(ScimToken.token_hash == hash_token(plain)))
+    token = session.connection().execute(_TOKEN_BY_HASH, {"digest": hash_token(plain)}).first()
     if token is None or token.revoked_at is not None:
         raise Unauthorized("the SCIM token is not valid", code="bad_token")
     if token.expires_at <= utcnow():
@@ -119,7 +131,6 @@ def authenticate(session: Session, plain: str | None) -> ScimToken:
             f"the SCIM token expired on {token.expires_at:%Y-%m-%d}; regenerate it",
             code="token_expired",
         )
-    return token
 
 
 def check_token_expiry(session: Session, now: datetime | None = None) -> ScimToken | None:
@@ -206,27 +217,60 @@ def remove_mapping(session: Session, actor: Actor, mapping_id: int) -> None:
     directories.delete_mapping(session, actor, scim_directory(session, actor).id, mapping_id)
 
 
+_IMPORT_MAPPINGS = (
+    select(
+        Mapping.id,
+        Mapping.rule,
+        Mapping.profile_id,
+        Mapping.storage_region_id,
+        Mapping.quota_value,
+        Mapping.quota_unit,
+        Mapping.auto_import,
+    )
+    .join(Directory, Directory.id == Mapping.directory_id)
+    .where(Directory.kind == DirectoryKind.SCIM, Mapping.purpose == MappingPurpose.IMPORT)
+    .order_by(Mapping.priority, Mapping.id)
+)
+
+
 def _import_mappings(session: Session) -> list[CompiledMapping]:
-    directory_id = session.scalar(select(Directory.id).where(Directory.kind == DirectoryKind.SCIM))
-    if directory_id is None:
-        return []
-    mappings = compiled_mappings(session, directory_id)
-    return [m for m in mappings if m.purpose is MappingPurpose.IMPORT]
+    """The SCIM directory's import mappings in decision order, read on every write (so a
+    change made through any server process applies at once) in one round trip."""
+    rows = session.connection().execute(_IMPORT_MAPPINGS)
+    return [
+        CompiledMapping(
+            m.id,
+            MappingPurpose.IMPORT,
+            _parsed_rule(json.dumps(m.rule, sort_keys=True)),
+            m.profile_id,
+            m.storage_region_id,
+            m.quota_value,
+            None if m.quota_unit is None else str(m.quota_unit),
+            m.auto_import,
+        )
+        for m in rows
+    ]
 
 
-def rule_candidate(resource: UserResource) -> Candidate:
-    """The User resource as mapping rules see it: flat attributes and group display names.
+@lru_cache(maxsize=256)
+def _parsed_rule(text: str) -> Rule:
+    """Rules are parsed once per process (a filter rule's parse costs more than its match)."""
+    return parse_rule(json.loads(text))
+
+
+def rule_candidate(data: dict[str, Any], groups: Iterable[str]) -> Candidate:
+    """A User (its DEFAULT-context dump) as mapping rules see it: flat attributes and the
+    display names of its ``groups``.
 
     Attribute names are the SCIM ones (``department``, ``employeeNumber``, ``title``,
     ``userType``, ``emails`` …), so ``{"type": "attribute", "conditions": [{"attribute":
     "department", "op": "equals", "value": "Sales"}]}`` and ``{"type": "group", "group":
     "Sales"}`` mean for SCIM what they mean for every other source.
     """
-    data = resource.model_dump(scim_ctx=Context.DEFAULT)
     attributes: dict[str, list[str]] = {}
-    extension = data.pop(ENTERPRISE, None) or {}
+    extension = data.get(ENTERPRISE) or {}
     for key, value in [*data.items(), *extension.items()]:
-        if key in {"schemas", "meta", "groups"}:
+        if key in {"schemas", "meta", "groups", ENTERPRISE}:
             continue
         if isinstance(value, dict):
             if "value" in value:
@@ -240,15 +284,14 @@ def rule_candidate(resource: UserResource) -> Candidate:
             ]
         elif value is not None:
             attributes[key] = [str(value)]
-    groups = frozenset(normalize_dn(g.display or "") for g in resource.groups or [] if g.display)
-    return Candidate("", attributes, groups)
+    return Candidate("", attributes, frozenset(normalize_dn(g) for g in groups if g))
 
 
 def match_mapping(
-    mappings: Sequence[CompiledMapping], resource: UserResource
+    mappings: Sequence[CompiledMapping], data: dict[str, Any], groups: Iterable[str]
 ) -> CompiledMapping | None:
-    """The first import mapping (by priority) whose rule matches the User resource."""
-    return first_match(mappings, rule_candidate(resource)) if mappings else None
+    """The first import mapping (by priority) whose rule matches the User."""
+    return first_match(mappings, rule_candidate(data, groups)) if mappings else None
 
 
 def _assignment(mapping: CompiledMapping) -> dict[str, Any]:
@@ -267,13 +310,46 @@ def _assignment(mapping: CompiledMapping) -> dict[str, Any]:
 
 @dataclass
 class Stored:
-    """A User resource as served, with the version behind its ETag (and the rows behind it)."""
+    """A User with the rows behind it; ``body`` is what responses serve."""
 
-    resource: UserResource
-    version: int
     user: User
     row: ScimUser
-    groups: list[GroupMembership]
+    groups: list[tuple[int, str]]
+    base_url: str
+
+    @property
+    def version(self) -> int:
+        return self.row.version
+
+    @cached_property
+    def body(self) -> dict[str, Any]:
+        return _served(
+            self.user.id,
+            self.user.state,
+            self.row.attributes,
+            self.row.created_at,
+            self.row.updated_at,
+            self.row.version,
+            self.groups,
+            self.base_url,
+        )
+
+    @cached_property
+    def resource(self) -> UserResource:
+        """The validated model, for what needs one (PATCH, PUT, filters, projection)."""
+        resource = UserResource.model_validate(self.row.attributes)
+        resource.id = str(self.user.id)
+        if resource.active is not None:
+            resource.active = self.user.state is UserState.ACTIVE
+        resource.groups = _memberships(self.groups)
+        resource.meta = meta(
+            "User",
+            _location(self.base_url, self.user.id),
+            self.row.created_at,
+            self.row.updated_at,
+            self.row.version,
+        )
+        return resource
 
 
 def create_user(session: Session, actor: Actor, resource: UserResource, base_url: str) -> Stored:
@@ -288,7 +364,8 @@ def create_user(session: Session, actor: Actor, resource: UserResource, base_url
         identity.validate_email(email)
     except InvalidInput as exc:
         raise ScimError(400, exc.detail, "invalidValue") from None
-    mapping = match_mapping(_import_mappings(session), resource)
+    data = resource.model_dump(scim_ctx=Context.DEFAULT)
+    mapping = match_mapping(_import_mappings(session), data, _group_names(resource))
     if mapping is None:
         raise ScimError(
             400,
@@ -296,15 +373,21 @@ def create_user(session: Session, actor: Actor, resource: UserResource, base_url
             'matches it (or a catch-all {"type": "all"}) with \'fleetkeep scim mappings add\'',
             "invalidValue",
         )
-    user = session.scalar(
-        select(User).where(User.email_normalized == identity.normalize_email(email))
-    )
     fields = {**_user_fields(resource, email), **_assignment(mapping)}
-    if user is None:
+    try:
+        # New users are the common case: create_user's own e-mail check finds a known one
+        # before it writes anything, sparing every creation a lookup of its own.
         user = identity.create_user(session, actor, source=SOURCE, **fields)
-    else:
-        _adopt(session, user, email)
-        user = identity.update_user(session, actor, user.id, **fields)
+    except Conflict as exc:
+        if exc.code != "email_taken":
+            raise
+        known = session.scalar(
+            select(User).where(User.email_normalized == identity.normalize_email(email))
+        )
+        if known is None:
+            raise
+        _adopt(session, known, email)
+        user = identity.update_user(session, actor, known.id, **fields)
     now = utcnow()
     row = ScimUser(
         user_id=user.id,
@@ -312,14 +395,14 @@ def create_user(session: Session, actor: Actor, resource: UserResource, base_url
         user_name_key=user_name.lower(),
         external_id=resource.external_id,
         version=1,
-        attributes=_stored_attributes(resource),
+        attributes=_stored_attributes(data),
         created_at=now,
         updated_at=now,
     )
     session.add(row)
     _apply_active(session, actor, user, resource.active)
     session.flush()
-    return Stored(_user_resource(user, row, [], base_url), row.version, user, row, [])
+    return Stored(user, row, [], base_url)
 
 
 def _adopt(session: Session, user: User, email: str) -> None:
@@ -347,11 +430,11 @@ def _adopt(session: Session, user: User, email: str) -> None:
 
 
 def get_user(session: Session, user_id: str, base_url: str) -> Stored:
-    found = _users_with_groups(session, _user_query(user_id)) if user_id.isdigit() else []
+    found = _user_by_id(session, user_id)
     if not found:
         raise ScimError(404, f"User {user_id} not found")
     user, row, groups = found[0]
-    return Stored(_user_resource(user, row, groups, base_url), row.version, user, row, groups)
+    return Stored(user, row, groups, base_url)
 
 
 def replace_user(
@@ -381,7 +464,9 @@ def patch_user(
 ) -> Stored:
     current = get_user(session, user_id, base_url)
     check_if_match(if_match, current.version)
-    changed = current.resource.model_copy(deep=True)
+    # Patched in place: nothing reads the current model again (the answer is built from the
+    # stored attributes), and a failed PATCH rolls the transaction back.
+    changed = current.resource
     if not apply_patch(changed, patch):
         return current
     return _save_user(session, actor, current, changed, base_url)
@@ -389,7 +474,7 @@ def patch_user(
 
 def delete_user(session: Session, actor: Actor, user_id: str, if_match: str | None = None) -> None:
     """DELETE releases the user from SCIM and preserves it; the data stays."""
-    found = _users_with_groups(session, _user_query(user_id)) if user_id.isdigit() else []
+    found = _user_by_id(session, user_id)
     if not found:
         raise ScimError(404, f"User {user_id} not found")
     user, row, _ = found[0]
@@ -419,10 +504,54 @@ def search_users(
         else:
             return []
     resources = [
-        _user_resource(user, row, groups, base_url)
-        for user, row, groups in _users_with_groups(session, query)
+        Stored(user, row, groups, base_url).resource
+        for user, row, groups in _users_with_groups(session, _with_groups(query))
     ]
     return _select(resources, search)
+
+
+_USER_BY_NAME = (
+    select(
+        User.id,
+        User.state,
+        ScimUser.attributes,
+        ScimUser.created_at,
+        ScimUser.updated_at,
+        ScimUser.version,
+        ScimGroup.id.label("group_id"),
+        ScimGroup.display_name,
+    )
+    .join(ScimUser, ScimUser.user_id == User.id)
+    .outerjoin(ScimGroupMember, ScimGroupMember.user_id == User.id)
+    .outerjoin(ScimGroup, ScimGroup.id == ScimGroupMember.group_id)
+    .where(ScimUser.user_name_key == bindparam("key"))
+    .order_by(ScimGroup.id)
+)
+
+
+def users_named(session: Session, user_name: str, base_url: str) -> list[dict[str, Any]]:
+    """The served User whose userName is ``user_name`` (case-insensitively), if any.
+
+    What ``filter=userName eq "…"`` finds, which identity providers ask before every push:
+    one indexed read of plain columns, no ORM objects and no resource models.
+    """
+    rows = session.connection().execute(_USER_BY_NAME, {"key": user_name.lower()}).all()
+    if not rows:
+        return []
+    first = rows[0]
+    groups = [(r.group_id, r.display_name) for r in rows if r.group_id is not None]
+    return [
+        _served(
+            first.id,
+            first.state,
+            first.attributes,
+            first.created_at,
+            first.updated_at,
+            first.version,
+            groups,
+            base_url,
+        )
+    ]
 
 
 def _select(resources: list[Any], search: SearchRequest[Any]) -> list[Any]:
@@ -455,14 +584,6 @@ def _indexed_term(node: FilterNode | None, indexed: frozenset[str]) -> tuple[str
     return None
 
 
-def _user_query(user_id: str) -> Select[User, ScimUser]:
-    return (
-        select(User, ScimUser)
-        .join(ScimUser, ScimUser.user_id == User.id)
-        .where(User.id == int(user_id))
-    )
-
-
 def _save_user(
     session: Session, actor: Actor, current: Stored, resource: UserResource, base_url: str
 ) -> Stored:
@@ -476,24 +597,29 @@ def _save_user(
     except InvalidInput as exc:
         raise ScimError(400, exc.detail, "invalidValue") from None
     fields = _user_fields(resource, email)
-    resource.groups = groups or None
-    mapping = match_mapping(_import_mappings(session), resource)
+    resource.groups = _memberships(groups)
+    data = resource.model_dump(scim_ctx=Context.DEFAULT)
+    mapping = match_mapping(_import_mappings(session), data, (name for _, name in groups))
     if mapping is not None:
         fields.update(_assignment(mapping))
-    try:
-        identity.update_user(session, actor, user.id, **fields)
-    except Conflict as exc:
-        raise ScimError(409, exc.detail, "uniqueness") from None
+    # Only what changes: an unchanged profile or region needs no lookup, and a PATCH of an
+    # attribute fleetkeep has no column for (title, phone …) no user update at all.
+    fields = {k: v for k, v in fields.items() if getattr(user, k) != v}
+    if fields:
+        try:
+            identity.update_user(session, actor, user.id, **fields)
+        except Conflict as exc:
+            raise ScimError(409, exc.detail, "uniqueness") from None
     _apply_active(session, actor, user, resource.active)
     row.user_name = user_name
     row.user_name_key = user_name.lower()
     row.external_id = resource.external_id
-    row.attributes = _stored_attributes(resource)
+    row.attributes = _stored_attributes(data)
     row.version += 1
     row.updated_at = utcnow()
     record(session, actor, "scim.user.update", "user", user.id, after={"version": row.version})
     session.flush()
-    return Stored(_user_resource(user, row, groups, base_url), row.version, user, row, groups)
+    return Stored(user, row, groups, base_url)
 
 
 def _apply_active(session: Session, actor: Actor, user: User, active: bool | None) -> None:
@@ -530,47 +656,89 @@ def _user_fields(resource: UserResource, email: str) -> dict[str, Any]:
     }
 
 
-def _stored_attributes(resource: UserResource) -> dict[str, Any]:
-    """What fleetkeep has no column for; ``id``, ``meta`` and ``groups`` are ours.
+def _stored_attributes(data: dict[str, Any]) -> dict[str, Any]:
+    """What fleetkeep has no column for, from the User's DEFAULT-context dump; ``id``,
+    ``meta`` and ``groups`` are ours.
 
     ``active`` is kept only to know whether the client assigned it: once assigned, the served
     value follows the user's state (an admin's preserve shows as ``false``).
     """
-    data = dict(resource.model_dump(scim_ctx=Context.DEFAULT))
-    for key in ("id", "meta", "groups"):
-        data.pop(key, None)
-    return data
+    return {k: v for k, v in data.items() if k not in ("id", "meta", "groups")}
 
 
-def _user_resource(
-    user: User, row: ScimUser, groups: list[GroupMembership], base_url: str
-) -> UserResource:
-    resource = UserResource.model_validate(row.attributes)
-    resource.id = str(user.id)
-    if resource.active is not None:
-        resource.active = user.state is UserState.ACTIVE
-    resource.groups = groups or None
-    resource.meta = meta(
-        "User", f"{base_url}/Users/{user.id}", row.created_at, row.updated_at, row.version
+def _served(
+    user_id: int,
+    state: UserState,
+    attributes: dict[str, Any],
+    created: datetime,
+    modified: datetime,
+    version: int,
+    groups: list[tuple[int, str]],
+    base_url: str,
+) -> dict[str, Any]:
+    return served_user(
+        attributes,
+        user_id=user_id,
+        active=state is UserState.ACTIVE,
+        groups=[membership(group_id, name) for group_id, name in groups],
+        location=_location(base_url, user_id),
+        created=created,
+        modified=modified,
+        version=version,
     )
-    return resource
 
 
-def _users_with_groups(
-    session: Session, query: Select[User, ScimUser]
-) -> list[tuple[User, ScimUser, list[GroupMembership]]]:
-    """The users the query selects, each with its SCIM groups, in one round trip."""
-    joined = (
+def _location(base_url: str, user_id: int) -> str:
+    return f"{base_url}/Users/{user_id}"
+
+
+def _memberships(groups: list[tuple[int, str]]) -> list[GroupMembership] | None:
+    return [
+        GroupMembership(value=str(group_id), display=name, type="direct")
+        for group_id, name in groups
+    ] or None
+
+
+def _group_names(resource: UserResource) -> list[str]:
+    return [g.display for g in resource.groups or [] if g.display]
+
+
+def _with_groups(query: Select[User, ScimUser]) -> Select[User, ScimUser, int, str]:
+    """The query's users with their SCIM groups (one row per membership)."""
+    return (
         query.add_columns(ScimGroup.id, ScimGroup.display_name)
         .outerjoin(ScimGroupMember, ScimGroupMember.user_id == User.id)
         .outerjoin(ScimGroup, ScimGroup.id == ScimGroupMember.group_id)
         .order_by(ScimGroup.id)
     )
-    found: dict[int, tuple[User, ScimUser, list[GroupMembership]]] = {}
-    for user, row, group_id, name in session.execute(joined):
+
+
+_USER_BY_ID = _with_groups(
+    select(User, ScimUser)
+    .join(ScimUser, ScimUser.user_id == User.id)
+    .where(User.id == bindparam("user_id"))
+)
+
+
+def _user_by_id(
+    session: Session, user_id: str
+) -> list[tuple[User, ScimUser, list[tuple[int, str]]]]:
+    if not user_id.isdigit():
+        return []
+    return _users_with_groups(session, _USER_BY_ID, {"user_id": int(user_id)})
+
+
+def _users_with_groups(
+    session: Session,
+    joined: Select[User, ScimUser, int, str],
+    params: dict[str, Any] | None = None,
+) -> list[tuple[User, ScimUser, list[tuple[int, str]]]]:
+    """The users and their groups (id, name) that a ``_with_groups`` query selects."""
+    found: dict[int, tuple[User, ScimUser, list[tuple[int, str]]]] = {}
+    for user, row, group_id, name in session.execute(joined, params):
         entry = found.setdefault(user.id, (user, row, []))
         if group_id is not None:
-            entry[2].append(GroupMembership(value=str(group_id), display=name, type="direct"))
+            entry[2].append((group_id, name))
     return list(found.values())
 
 
@@ -747,7 +915,8 @@ def _remap(session: Session, actor: Actor, user_ids: list[int], base_url: str) -
         return
     for user_id in user_ids:
         stored = get_user(session, str(user_id), base_url)
-        mapping = match_mapping(mappings, stored.resource)
+        data = stored.resource.model_dump(scim_ctx=Context.DEFAULT)
+        mapping = match_mapping(mappings, data, (name for _, name in stored.groups))
         if mapping is not None:
             identity.update_user(session, actor, user_id, **_assignment(mapping))
 
