@@ -150,7 +150,16 @@ def serve(
     os.environ["FLEETKEEP_LISTEN_HOST"] = cfg.listen_host
     os.environ["FLEETKEEP_LISTEN_PORT"] = str(cfg.listen_port)
     os.environ[WORKER_JOBS_ENV] = "0" if no_jobs else "1"
-    uvicorn.run("fleetkeep.web.app:worker_app", factory=True, workers=workers, **options)
+    # uvicorn kills a worker that does not answer its health check within the timeout (5 s by
+    # default); a worker still importing on a busy machine is not dead, and killing it only
+    # starts another that is as slow (seen at load 15: no worker ever came up).
+    uvicorn.run(
+        "fleetkeep.web.app:worker_app",
+        factory=True,
+        workers=workers,
+        timeout_worker_healthcheck=60,
+        **options,
+    )
 
 
 def _safe_url(url: str) -> str:
