@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import anyio
+import anyio.to_thread
 from fastapi import APIRouter, Body, Request, Response, status
 from pydantic import ValidationError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from fleetkeep.deployment import activation, devices
 from fleetkeep.deployment.deps import CurrentDevice
@@ -26,19 +28,35 @@ from fleetkeep.web.deps import AppSettings, DbSession
 router = APIRouter(prefix="/device/v1", tags=["device"])
 
 
+# Activations run in threads (the service is synchronous), at most this many at a time per
+# process: a storm of them otherwise fills the whole thread pool, and threads contending for
+# the GIL and PostgreSQL backends contending for the cores cost CPU without adding throughput.
+ACTIVATION_THREADS = 8
+_limiter = anyio.CapacityLimiter(ACTIVATION_THREADS)
+
+
 @router.post("/activations", status_code=status.HTTP_201_CREATED, response_model=ActivationOut)
-def activate(payload: Annotated[Any, Body()], request: Request) -> Response:
+async def activate(payload: Annotated[Any, Body()], request: Request) -> Response:
     """The busiest route in an activation storm, so it skips what costs CPU on every call: the
     session and settings dependencies (an async generator and an exit stack per request; the
-    session is opened here, in the handler's thread) and the response model's validation (the
+    session is opened in the activation's thread) and the response model's validation (the
     answer is built from ``ActivationOut`` and sent as it is)."""
     source = request.client.host if request.client else "unknown"
     settings: Settings = request.app.state.settings
-    with request.app.state.sessionmaker() as session:
-        return _activate(session, settings, payload, source)
+    factory: sessionmaker[Session] = request.app.state.sessionmaker
+    return await anyio.to_thread.run_sync(
+        _activate, factory, settings, payload, source, limiter=_limiter
+    )
 
 
-def _activate(session: Session, settings: Settings, payload: Any, source: str) -> Response:
+def _activate(
+    factory: sessionmaker[Session], settings: Settings, payload: Any, source: str
+) -> Response:
+    with factory() as session:
+        return _activate_in(session, settings, payload, source)
+
+
+def _activate_in(session: Session, settings: Settings, payload: Any, source: str) -> Response:
     try:
         body = ActivationIn.model_validate(payload)
     except ValidationError as exc:
