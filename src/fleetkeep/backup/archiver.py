@@ -27,6 +27,7 @@ from fleetkeep.backup.cache import FilesCache
 from fleetkeep.backup.crypto import BlobType
 from fleetkeep.backup.prune import adopt_unindexed_packs
 from fleetkeep.backup.repository import BlobSink, Repository, Snapshot
+from fleetkeep.backup.slots import Slots
 from fleetkeep.backup.tree import Node, encode_tree
 
 # Files are stored in batches (one task per batch, not per file: a thread-pool task costs
@@ -195,7 +196,7 @@ class Archiver:
         self._progress_cb = progress_cb
         self._last_report = 0.0
         self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2))
-        self._slots = threading.Semaphore(_IN_FLIGHT_TASKS)
+        self._slots = Slots(_IN_FLIGHT_TASKS)
         self._stats_lock = threading.Lock()
         self._pending_dirs: deque[_PendingDir] = deque()
 

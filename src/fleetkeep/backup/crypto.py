@@ -7,6 +7,7 @@ moved to another place in the repository fails to open instead of returning the 
 from __future__ import annotations
 
 import enum
+import mmap
 import os
 import threading
 
@@ -33,6 +34,8 @@ ZSTD_LEVEL = 3
 # already-compressed files cost one small trial compression instead of a full one.
 _SAMPLE = 16 * 1024
 _MIN_GAIN = 0.03
+# Sealed blobs from this size up live in anonymous mappings (see ``seal_compressed``).
+_MMAP_FROM = 256 * 1024
 
 
 class BlobType(enum.IntEnum):
@@ -117,13 +120,16 @@ class Crypto:
 
     def seal_compressed(
         self, blob_type: BlobType, blob_id: bytes, mode: int, payload: bytes | memoryview
-    ) -> bytearray:
+    ) -> bytearray | mmap.mmap:
         """The sealed blob (mode ‖ nonce ‖ ciphertext ‖ tag) of an already ``compress``-ed
         payload, encrypted straight into its one buffer: no copy of the payload and no
         separate ciphertext (the buffer becomes part of a pack as it is)."""
         nonce = os.urandom(NONCE_BYTES)
         aad = blob_aad(blob_type, blob_id) + bytes((mode,))
-        sealed = bytearray(1 + NONCE_BYTES + len(payload) + TAG_BYTES)
+        size = 1 + NONCE_BYTES + len(payload) + TAG_BYTES
+        # bytearray(n) zero-fills n bytes while holding the GIL; an anonymous mapping gets
+        # zeroed pages from the kernel as encrypt_into (GIL released) writes them.
+        sealed = bytearray(size) if size < _MMAP_FROM else mmap.mmap(-1, size)
         sealed[0] = mode
         sealed[1 : 1 + NONCE_BYTES] = nonce
         with memoryview(sealed) as view, view[1 + NONCE_BYTES :] as out:
@@ -132,9 +138,9 @@ class Crypto:
 
     def seal_blob(
         self, blob_type: BlobType, blob_id: bytes, plaintext: bytes | memoryview
-    ) -> bytearray:
+    ) -> bytes:
         mode, payload = compress(plaintext)
-        return self.seal_compressed(blob_type, blob_id, mode, payload)
+        return bytes(self.seal_compressed(blob_type, blob_id, mode, payload))
 
     def open_blob(
         self,

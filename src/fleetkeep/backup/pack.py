@@ -14,6 +14,7 @@ import blake3
 
 from fleetkeep.backup.crypto import ID_BYTES, BlobType, Crypto, ObjectKind
 from fleetkeep.backup.errors import IntegrityError
+from fleetkeep.backup.stores.base import Part
 
 PACK_TARGET_BYTES = 16 * 1024 * 1024
 _ENTRY = struct.Struct("<B32sII")
@@ -62,16 +63,16 @@ class PackWriter:
     the parts with one gathered write (``Store.put_parts``)."""
 
     def __init__(self) -> None:
-        self.parts: list[bytes | bytearray] = []
+        self.parts: list[Part] = []
         self.entries: list[PackEntry] = []
         self.size = 0
 
-    def add(self, blob_type: BlobType, blob_id: bytes, sealed: bytes | bytearray) -> None:
+    def add(self, blob_type: BlobType, blob_id: bytes, sealed: Part) -> None:
         self.parts.append(sealed)
         self.entries.append(PackEntry(blob_type, blob_id, self.size, len(sealed)))
         self.size += len(sealed)
 
-    def finish(self, crypto: Crypto) -> tuple[str, list[bytes | bytearray]]:
+    def finish(self, crypto: Crypto) -> tuple[str, list[Part]]:
         """Return the pack id (BLAKE3 of the whole file) and its bytes, as parts."""
         header = crypto.seal_object(
             ObjectKind.PACK_HEADER, _HEADER_MAGIC + encode_entries(self.entries)

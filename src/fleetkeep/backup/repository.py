@@ -40,7 +40,7 @@ from fleetkeep.backup.pack import (
     pack_name,
     read_header,
 )
-from fleetkeep.backup.stores.base import Store
+from fleetkeep.backup.stores.base import Part, Store
 from fleetkeep.backup.tree import Node, decode_tree
 from fleetkeep.keys.subkeys import derive_subkeys
 
@@ -427,9 +427,7 @@ class BlobSink:
         """Repack an already-sealed blob (prune): the seal is bound to the id, not the pack."""
         self._append(blob_type, blob_id, sealed, 0)
 
-    def _append(
-        self, blob_type: BlobType, blob_id: bytes, sealed: bytes | bytearray, new: int
-    ) -> None:
+    def _append(self, blob_type: BlobType, blob_id: bytes, sealed: Part, new: int) -> None:
         full: PackWriter | None = None
         with self._lock:
             writer = self._writers[blob_type]

@@ -22,6 +22,7 @@ from pathlib import Path
 from fleetkeep.backup.errors import UnsafePath
 from fleetkeep.backup.pack import pack_name
 from fleetkeep.backup.repository import Repository, Snapshot
+from fleetkeep.backup.slots import Slots
 from fleetkeep.backup.tree import Node
 
 _MAX_DEPTH = 512
@@ -108,7 +109,7 @@ class Restorer:
         Path(target).mkdir(parents=True, exist_ok=True)
         root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
         self._pool = ThreadPoolExecutor(max_workers=self._workers)
-        self._slots = threading.Semaphore(_IN_FLIGHT_TASKS)
+        self._slots = Slots(_IN_FLIGHT_TASKS)
         self._pending: deque[_PendingDir] = deque()
         try:
             top = self._restore_tree(root_fd, snap.tree, (), includes, 0)

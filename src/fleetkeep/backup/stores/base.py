@@ -7,6 +7,7 @@ carry them over the wire.
 
 from __future__ import annotations
 
+import mmap
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -14,6 +15,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from fleetkeep.backup.errors import BackupError, ObjectNotFound
+
+# A piece of an object to write: sealed blobs are bytearrays or, when large, anonymous maps.
+Part = bytes | bytearray | mmap.mmap
 
 _NAME = re.compile(r"^[a-z]+(/[0-9a-z][0-9a-z._-]*)*$")
 
@@ -42,7 +46,7 @@ class Store(ABC):
     @abstractmethod
     def put(self, name: str, data: bytes | bytearray) -> None: ...
 
-    def put_parts(self, name: str, parts: Sequence[bytes | bytearray]) -> None:
+    def put_parts(self, name: str, parts: Sequence[Part]) -> None:
         """``put`` of the parts' concatenation; a store that can gather-write avoids the join
         (a pack arrives as its sealed blobs)."""
         self.put(name, b"".join(parts))

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fleetkeep.backup.errors import ObjectNotFound
-from fleetkeep.backup.stores.base import ObjectInfo, Store, check_name
+from fleetkeep.backup.stores.base import ObjectInfo, Part, Store, check_name
 
 _TMP_PREFIX = ".tmp-"
 
@@ -24,7 +24,7 @@ class FilesystemStore(Store):
     def put(self, name: str, data: bytes | bytearray) -> None:
         self.put_parts(name, [data])
 
-    def put_parts(self, name: str, parts: Sequence[bytes | bytearray]) -> None:
+    def put_parts(self, name: str, parts: Sequence[Part]) -> None:
         path = self._path(name)
         parent = path.parent
         parent.mkdir(parents=True, exist_ok=True)
@@ -119,16 +119,16 @@ class FilesystemStore(Store):
 _IOV_MAX = 1024
 
 
-def _write_all(fd: int, parts: Sequence[bytes | bytearray]) -> None:
-    """Gathered writes of all parts, resuming after short writes."""
-    views = [memoryview(p) for p in parts if len(p)]
-    while views:
-        batch = views[:_IOV_MAX]
+def _write_all(fd: int, parts: Sequence[Part]) -> None:
+    """Gathered writes of all parts (usually one call), resuming after short writes."""
+    pending: list[Part | memoryview] = [p for p in parts if len(p)]
+    while pending:
+        batch = pending[:_IOV_MAX]
         written = os.writev(fd, batch)
         done = 0
         while done < len(batch) and written >= len(batch[done]):
             written -= len(batch[done])
             done += 1
-        views = views[done:]
+        pending = pending[done:]
         if written:
-            views[0] = views[0][written:]
+            pending[0] = memoryview(pending[0])[written:]
