@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Select, String, Table, insert, literal, select
 from sqlalchemy.orm import Session
 
 from fleetkeep.audit.models import AuditEvent
@@ -101,6 +101,30 @@ def record_many(session: Session, actor: Actor, rows: Sequence[dict[str, Any]]) 
             for row in rows
         ],
     )
+
+
+def record_from_select(
+    session: Session, actor: Actor, action: str, target_type: str, query: Select[Any]
+) -> None:
+    """Bulk form built by the database: one event per row of ``query``, whose two columns
+    are the target id (text) and the ``after`` JSON (e.g. from ``json_build_object``).
+
+    Why: a first sync creating 100,000 users would otherwise read their ids back and send
+    100,000 JSON documents that the database already holds as columns.
+    """
+    rows = query.subquery()
+    names = ["target_id", "after", "at", "actor", "request_id", "source_ip", "action"]
+    source = select(
+        rows.c[0],
+        rows.c[1],
+        literal(utcnow(), AuditEvent.at.type),
+        literal(actor.name, String()),
+        literal(actor.request_id, String()),
+        literal(actor.source_ip, String()),
+        literal(action, String()),
+        literal(target_type, String()),
+    )
+    session.execute(insert(AuditEvent).from_select([*names, "target_type"], source))
 
 
 def list_events(
