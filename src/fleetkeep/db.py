@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import select
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -151,6 +151,36 @@ def insert_rows(session: Session, model: type[Base], rows: Sequence[dict[str, An
         ):
             for row in rows:
                 copy.write_row([_copy_value(row[c], c in json_columns) for c in columns])
+    except psycopg.IntegrityError as exc:
+        raise IntegrityError(f"COPY {table.name}", None, exc) from exc
+
+
+def copy_rows(
+    session: Session, model: type[Base], columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Bulk insert of rows given as tuples in ``columns`` order, each value already what the
+    driver takes (an enum column's value, no JSON columns): COPY on PostgreSQL, executemany on
+    SQLite.
+
+    Why: for a sync's 100,000 new users, ``insert_rows``' conversion of every value of every
+    row dict costs more than the COPY itself.
+    """
+    table = cast(Table, model.__table__)
+    if session.get_bind().dialect.name != "postgresql":
+        batch = [dict(zip(columns, row, strict=True)) for row in rows]
+        if batch:
+            session.execute(table.insert(), batch)
+        return
+    names = ", ".join(f'"{c}"' for c in columns)
+    raw = session.connection().connection.driver_connection
+    assert raw is not None
+    try:
+        with (
+            raw.cursor() as cursor,
+            cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy,
+        ):
+            for row in rows:
+                copy.write_row(row)
     except psycopg.IntegrityError as exc:
         raise IntegrityError(f"COPY {table.name}", None, exc) from exc
 
