@@ -13,6 +13,7 @@ only reactivates users that it preserved itself.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
@@ -62,10 +63,15 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
+# str.isspace and \s agree (both are Py_UNICODE_ISSPACE); the regex checks 100,000 imported
+# addresses in a fraction of the generator's time.
+_SPACE = re.compile(r"\s")
+
+
 def validate_email(email: str) -> str:
     email = email.strip()
     local, _, domain = email.rpartition("@")
-    if not local or "." not in domain or any(c.isspace() for c in email) or len(email) > 320:
+    if not local or "." not in domain or _SPACE.search(email) or len(email) > 320:
         raise InvalidInput(f"email {email!r} is not a valid address", field="email")
     return email
 
