@@ -35,23 +35,15 @@ def record(
     *,
     before: dict[str, Any] | None = None,
     after: dict[str, Any] | None = None,
+    at_once: bool = False,
 ) -> None:
-    session.add(AuditEvent(**_event(actor, action, target_type, target_id, before, after)))
-
-
-def record_now(
-    session: Session,
-    actor: Actor,
-    action: str,
-    target_type: str,
-    target_id: object = "",
-    *,
-    before: dict[str, Any] | None = None,
-    after: dict[str, Any] | None = None,
-) -> None:
-    """``record`` as one Core INSERT sent at once, for a path that records one event per request
-    and wants no unit-of-work flush (device activation)."""
-    session.execute(_INSERT, _event(actor, action, target_type, target_id, before, after))
+    """Add the event to the session; ``at_once`` sends it as one Core INSERT instead, for a
+    path that records one event per request and wants no unit-of-work flush (activation)."""
+    event = _event(actor, action, target_type, target_id, before, after)
+    if at_once:
+        session.execute(_INSERT, event)
+    else:
+        session.add(AuditEvent(**event))
 
 
 def _event(

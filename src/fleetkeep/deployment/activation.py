@@ -37,7 +37,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, lazyload
 
-from fleetkeep.audit.service import Actor, record, record_now
+from fleetkeep.audit.service import Actor, record
 from fleetkeep.db import utcnow
 from fleetkeep.deployment import abuse, tokens
 from fleetkeep.deployment.authkeys import check_auth_key, consume_auth_key
@@ -636,7 +636,7 @@ def _apply(session: Session, req: ActivationRequest, d: Decision) -> Activation:
         d.mapping.device_id = device_id
     if d.auth_key is not None:
         consume_auth_key(session, d.auth_key)
-    record_now(
+    record(
         session,
         actor,
         "device.reactivate" if reactivated else "device.activate",
@@ -649,6 +649,7 @@ def _apply(session: Session, req: ActivationRequest, d: Decision) -> Activation:
             "hostname": req.hostname,
             "serial_number": serial_number,
         },
+        at_once=True,
     )
     if d.token is not None:
         tokens.record_use(session, d.token.id, device_id)
