@@ -85,7 +85,9 @@ def assert_scim_error(response: Any, status: int, scim_type: str | None = None) 
 # Okta -----------------------------------------------------------------------------------------
 
 
-def test_okta_create_deactivate_reactivate_sequence(scim: Scim, owner: TestClient) -> None:
+def test_okta_create_deactivate_reactivate_sequence(
+    scim: Scim, owner: TestClient, db: Session
+) -> None:
     # Okta first looks the user up, then creates it.
     lookup = scim("GET", '/Users?filter=userName eq "dana@example.com"&startIndex=1&count=100')
     assert lookup.status_code == 200
@@ -111,6 +113,9 @@ def test_okta_create_deactivate_reactivate_sequence(scim: Scim, owner: TestClien
     assert created.headers["location"].endswith(f"/scim/v2/Users/{user['id']}")
     assert created.headers["etag"] == user["meta"]["version"]
     assert "password" not in user
+    row = db.get(ScimUser, int(user["id"]))
+    assert row is not None
+    assert "password" not in row.attributes, "a password the IdP sends is never stored"
     stored = admin_user(owner, user["id"])
     assert stored["source"] == "scim"
     assert stored["external_id"] == "00u1abcd"

@@ -637,10 +637,11 @@ def _apply_active(session: Session, actor: Actor, user: User, active: bool | Non
             )
 
 
+_USER_ID_BY_NAME = select(ScimUser.user_id).where(ScimUser.user_name_key == bindparam("key"))
+
+
 def _unique_user_name(session: Session, user_name: str, own_id: int | None) -> None:
-    clash = session.scalar(
-        select(ScimUser.user_id).where(ScimUser.user_name_key == user_name.lower())
-    )
+    clash = session.connection().scalar(_USER_ID_BY_NAME, {"key": user_name.lower()})
     if clash is not None and clash != own_id:
         raise ScimError(409, f"userName {user_name!r} is already SCIM user {clash}", "uniqueness")
 
@@ -658,12 +659,13 @@ def _user_fields(resource: UserResource, email: str) -> dict[str, Any]:
 
 def _stored_attributes(data: dict[str, Any]) -> dict[str, Any]:
     """What fleetkeep has no column for, from the User's DEFAULT-context dump; ``id``,
-    ``meta`` and ``groups`` are ours.
+    ``meta`` and ``groups`` are ours, and a ``password`` (never served, fleetkeep has no use
+    for it) is not kept.
 
     ``active`` is kept only to know whether the client assigned it: once assigned, the served
     value follows the user's state (an admin's preserve shows as ``false``).
     """
-    return {k: v for k, v in data.items() if k not in ("id", "meta", "groups")}
+    return {k: v for k, v in data.items() if k not in ("id", "meta", "groups", "password")}
 
 
 def _served(
