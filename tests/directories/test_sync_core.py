@@ -99,6 +99,28 @@ def test_first_sync_creates_users_with_the_first_matching_mapping(
         select(func.count()).select_from(AuditEvent).where(AuditEvent.action == "user.create")
     )
     assert creates == 2
+    audited = db.scalars(
+        select(AuditEvent).where(
+            AuditEvent.action == "user.create", AuditEvent.target_id == str(got["ann"].id)
+        )
+    ).one()
+    assert audited.actor == ACTOR.name
+    assert audited.target_type == "user"
+    assert audited.before is None
+    assert audited.after == {
+        "email": "ann@example.com",
+        "username": "ann",
+        "display_name": "Ann",
+        "profile_id": got["ann"].profile_id,
+        "storage_region_id": got["ann"].storage_region_id,
+        "quota_value": got["ann"].quota_value,
+        "quota_unit": str(got["ann"].quota_unit),
+        "external_id": "guid-ann",
+        "dn": "uid=ann,ou=people,dc=x",
+        "upn": None,
+        "source": directory.source,
+        "state": "active",
+    }
 
 
 def test_nested_group_membership_is_resolved_on_our_side(db: Session, directory: Directory) -> None:

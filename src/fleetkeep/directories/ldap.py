@@ -807,6 +807,7 @@ class _Reader:
         by_dn = {normalize_dn(u.dn): u for u in users}
         by_uid = {u.username.lower(): u for u in users if u.username}
         known = {normalize_dn(g): g for g in groups}
+        alone = {group: (group,) for group in known}
         for group, group_dn in known.items():
             attrs = groups[group_dn]
             for name in self.config.member_attributes:
@@ -821,7 +822,8 @@ class _Reader:
                         if user is None and member in known:
                             parents.setdefault(member, set()).add(group)
                     if user is not None:
-                        user.groups = (*user.groups, group)  # most users: a group or two
+                        # Most users are in a group or two: one shared 1-tuple per group.
+                        user.groups = (*user.groups, group) if user.groups else alone[group]
         return parents
 
     def _parents_from_member_of(

@@ -37,14 +37,14 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
-from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy import String, and_, cast, delete, func, literal_column, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetkeep.alerts.models import Severity
 from fleetkeep.alerts.service import raise_alert, resolve_alert
-from fleetkeep.audit.service import Actor, record_many
-from fleetkeep.db import insert_rows, transaction, utcnow
+from fleetkeep.audit.service import Actor, record_from_select, record_many
+from fleetkeep.db import copy_rows, insert_rows, transaction, utcnow
 from fleetkeep.directories.mappings import Candidate, Rule, group_closure, normalize_dn, parse_rule
 from fleetkeep.directories.models import (
     DeploymentCacheEntry,
@@ -178,7 +178,7 @@ class _Owned(NamedTuple):
     """A user the directory owns, as planning reads it: the row itself (100,000s are read)."""
 
     id: int
-    email: str
+    stored_email: str | None  # None when it is email_normalized (most are): saves a string
     email_normalized: str
     username: str
     display_name: str
@@ -189,6 +189,10 @@ class _Owned(NamedTuple):
     dn: str | None
     upn: str | None
     external_id: str
+
+    @property
+    def email(self) -> str:
+        return self.email_normalized if self.stored_email is None else self.stored_email
 
 
 @dataclass(frozen=True)
@@ -485,8 +489,8 @@ _cursor_names = itertools.count()
 
 
 _OWNED_SQL = (
-    "SELECT id, email, email_normalized, username, display_name, state, preserved_by,"
-    " profile_id, storage_region_id, dn, upn, external_id"
+    "SELECT id, NULLIF(email, email_normalized), email_normalized, username, display_name,"
+    " state, preserved_by, profile_id, storage_region_id, dn, upn, external_id"
     " FROM users WHERE source = ? AND external_id IS NOT NULL"
 )
 
@@ -832,49 +836,78 @@ def _write_updates(session: Session, updates: list[Change], now: Any) -> None:
 def _insert_users(
     session: Session, actor: Actor, source: str, creates: list[Change], now: Any
 ) -> None:
-    """COPY new users, a slice at a time to bound memory on first syncs, then audit them."""
-    for chunk in _chunks(creates, 10_000):
-        rows = [
-            c.values
-            | {
-                "email_normalized": normalize_email(c.values["email"]),
-                "source": source,
-                "state": UserState.ACTIVE,
-                "created_at": now,
-                "updated_at": now,
-                "state_changed_at": now,
-            }
-            for c in chunk
-        ]
-        try:
-            insert_rows(session, User, rows)
-        except IntegrityError:
-            raise Conflict(
-                "another change created one of these users meanwhile; run the sync again",
-                code="sync_conflict",
-            ) from None
-    # One read of the source's ids: cheaper than IN lists of 100,000 external ids.
-    sql = "SELECT external_id, id FROM users WHERE source = ?"
-    ids: dict[str, int] = dict(_raw_rows(session, sql, (source,)))
-    for chunk in _chunks(creates, 10_000):
-        record_many(
-            session,
-            actor,
-            [
-                {
-                    "action": "user.create",
-                    "target_type": "user",
-                    "target_id": ids[c.values["external_id"]],
-                    "after": c.values
-                    | {
-                        "source": source,
-                        "quota_unit": str(c.values["quota_unit"]),
-                        "state": "active",
-                    },
-                }
-                for c in chunk
-            ],
+    """COPY new users, then audit them with one INSERT … SELECT over the rows just written.
+
+    The rows are tuples built here, not dicts converted value by value; the audit's ``after``
+    is built by the database from the new rows (created by this apply: this source, this
+    ``now``), which hold exactly the values planned.
+    """
+    active = UserState.ACTIVE.value
+    rows = (
+        (
+            *(v[c] for c in _CREATED),
+            normalize_email(v["email"]),
+            source,
+            active,
+            now,
+            now,
+            now,
         )
+        for v in (c.values for c in creates)
+    )
+    try:
+        copy_rows(session, User, _CREATE_COLUMNS, rows)
+    except IntegrityError:
+        raise Conflict(
+            "another change created one of these users meanwhile; run the sync again",
+            code="sync_conflict",
+        ) from None
+    if not creates:
+        return
+    as_json = (
+        func.json_build_object
+        if session.get_bind().dialect.name == "postgresql"
+        else func.json_object
+    )
+    fields = [*_CREATED, "source", "state"]
+    after = as_json(
+        *itertools.chain.from_iterable(
+            (literal_column(f"'{f}'"), User.__table__.c[f]) for f in fields
+        )
+    )
+    record_from_select(
+        session,
+        actor,
+        "user.create",
+        "user",
+        select(cast(User.id, String), after)
+        .where(User.source == source, User.created_at == now)
+        .order_by(User.id),
+    )
+
+
+# What a create's values hold, in the order its audit record lists them.
+_CREATED = (
+    "email",
+    "username",
+    "display_name",
+    "profile_id",
+    "storage_region_id",
+    "quota_value",
+    "quota_unit",
+    "external_id",
+    "dn",
+    "upn",
+)
+_CREATE_COLUMNS = (
+    *_CREATED,
+    "email_normalized",
+    "source",
+    "state",
+    "created_at",
+    "updated_at",
+    "state_changed_at",
+)
 
 
 def _refresh_deployment_cache(
