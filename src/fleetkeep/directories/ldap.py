@@ -805,7 +805,7 @@ class _Reader:
         if not groups:
             return parents
         by_dn = {normalize_dn(u.dn): u for u in users}
-        by_uid = {u.username.lower(): u for u in users if u.username}
+        by_uid: dict[str, SourceUser] | None = None  # built on the first memberUid value
         known = {normalize_dn(g): g for g in groups}
         alone = {group: (group,) for group in known}
         for group, group_dn in known.items():
@@ -814,6 +814,8 @@ class _Reader:
                 key = name.lower()
                 for value in attrs.get(key, ()):
                     if key == "memberuid":
+                        if by_uid is None:
+                            by_uid = {u.username.lower(): u for u in users if u.username}
                         user = by_uid.get(value.lower())
                     else:
                         # uniqueMember may carry "#'0101'B" (a unique id) after the DN.
