@@ -117,7 +117,12 @@ def start_server(
             ["init", "--email", ADMIN_EMAIL, "--password-stdin"], env, stdin=ADMIN_PASSWORD + "\n"
         )
     log_path = data_dir / "server.log"
-    args = [str(BIN / "fleetkeep"), "serve", *(serve_args or [])] + ([] if jobs else ["--no-jobs"])
+    serve_args = list(serve_args or [])
+    if "--workers" not in serve_args:
+        # One process per test server (serve's default on PostgreSQL is one per core): the
+        # suite runs many servers at once on the same cores.
+        serve_args += ["--workers", "1"]
+    args = [str(BIN / "fleetkeep"), "serve", *serve_args] + ([] if jobs else ["--no-jobs"])
     with log_path.open("wb") as log:
         process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
     server = ServerProcess(
