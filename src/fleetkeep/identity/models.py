@@ -4,7 +4,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, ForeignKey, Index, String
+from sqlalchemy import BigInteger, ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from fleetkeep.db import Base, str_enum, utcnow
@@ -64,6 +64,8 @@ class User(Base):
     __table_args__ = (
         Index("ix_users_source_external_id", "source", "external_id"),
         Index("ix_users_state_id", "state", "id"),
+        # Activation by UPN (IMD v5) matches case-insensitively.
+        Index("ix_users_lower_upn", text("lower(upn)")),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
