@@ -617,8 +617,17 @@ def _save_user(
     row.attributes = _stored_attributes(data)
     row.version += 1
     row.updated_at = utcnow()
-    record(session, actor, "scim.user.update", "user", user.id, after={"version": row.version})
+    # The flush first keeps the audit trail in order (the user's own events come before).
     session.flush()
+    record(
+        session,
+        actor,
+        "scim.user.update",
+        "user",
+        user.id,
+        after={"version": row.version},
+        at_once=True,
+    )
     return Stored(user, row, groups, base_url)
 
 
