@@ -54,12 +54,13 @@ ADMIN_ROUTERS: list[APIRouter] = [
     vault_api.router,
 ]
 # Routers mounted as they are (they carry their own auth: device tokens, SCIM tokens …).
+# The two request storms (device activations, SCIM pushes) first: routes are tried in order.
 OTHER_ROUTERS: list[APIRouter] = [
     device_api.router,
+    scim_api.router,
     vault_device_api.router,
     health.router,
     keys_endpoint.router,
-    scim_api.router,
     console_views.router,
 ]
 # Larger body limits for upload routes, by path prefix.
