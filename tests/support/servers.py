@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -96,6 +97,10 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        # The server runs in its own session: this also ends worker processes (``--workers``)
+        # a killed parent would otherwise leave behind.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
 
 def start_server(
@@ -124,7 +129,9 @@ def start_server(
         serve_args += ["--workers", "1"]
     args = [str(BIN / "fleetkeep"), "serve", *serve_args] + ([] if jobs else ["--no-jobs"])
     with log_path.open("wb") as log:
-        process = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            args, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     server = ServerProcess(
         f"http://127.0.0.1:{port}", data_dir, database_url, env, process, log_path
     )
