@@ -141,18 +141,12 @@ def insert_rows(session: Session, model: type[Base], rows: Sequence[dict[str, An
         session.execute(table.insert(), list(rows))
         return
     json_columns = {c.name for c in table.columns if isinstance(c.type, JSON)}
-    names = ", ".join(f'"{c}"' for c in columns)
-    raw = session.connection().connection.driver_connection
-    assert raw is not None
-    try:
-        with (
-            raw.cursor() as cursor,
-            cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy,
-        ):
-            for row in rows:
-                copy.write_row([_copy_value(row[c], c in json_columns) for c in columns])
-    except psycopg.IntegrityError as exc:
-        raise IntegrityError(f"COPY {table.name}", None, exc) from exc
+    _copy(
+        session,
+        table,
+        columns,
+        ([_copy_value(row[c], c in json_columns) for c in columns] for row in rows),
+    )
 
 
 def copy_rows(
@@ -171,6 +165,13 @@ def copy_rows(
         if batch:
             session.execute(table.insert(), batch)
         return
+    _copy(session, table, columns, rows)
+
+
+def _copy(
+    session: Session, table: Table, columns: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """COPY rows into a table on the session's PostgreSQL connection (in its transaction)."""
     names = ", ".join(f'"{c}"' for c in columns)
     raw = session.connection().connection.driver_connection
     assert raw is not None
