@@ -58,7 +58,9 @@ class Chunker:
         if size_hint <= self.params.max_size:
             # Ask for one byte more than expected so a file that grew is still read whole.
             head = os.read(fd, size_hint + 1)
-            if len(head) < size_hint + 1:
+            # Exactly the size lstat saw: the whole file (asked for one byte more, it did not
+            # grow), with no second read to see EOF. Fewer bytes may be a short read.
+            if len(head) < size_hint:
                 while True:  # short reads are legal; read until EOF or past the hint
                     more = os.read(fd, size_hint + 1 - len(head))
                     if not more:

@@ -128,8 +128,9 @@ class Crypto:
         aad = blob_aad(blob_type, blob_id) + bytes((mode,))
         size = 1 + NONCE_BYTES + len(payload) + TAG_BYTES
         # bytearray(n) zero-fills n bytes while holding the GIL; an anonymous mapping gets
-        # zeroed pages from the kernel as encrypt_into (GIL released) writes them.
-        sealed = bytearray(size) if size < _MMAP_FROM else mmap.mmap(-1, size)
+        # zeroed pages from the kernel as encrypt_into (GIL released) writes them. Private:
+        # a shared anonymous map is shmem, whose page faults cost more.
+        sealed = bytearray(size) if size < _MMAP_FROM else mmap.mmap(-1, size, mmap.MAP_PRIVATE)
         sealed[0] = mode
         sealed[1 : 1 + NONCE_BYTES] = nonce
         with memoryview(sealed) as view, view[1 + NONCE_BYTES :] as out:
