@@ -47,7 +47,12 @@ def database_bytes(url: str) -> bytes:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         path = Path(str(parsed.database))
-        return b"".join(p.read_bytes() for p in _sqlite_files(path))
+        # Read by another process: closing any descriptor of these files in this one would
+        # drop the POSIX locks its own SQLite connections hold on them; a later process would
+        # then think it was the last one, delete the -wal and -shm files, and every new
+        # connection would fail with "disk I/O error" (seen in the next test of the worker).
+        files = [str(p) for p in _sqlite_files(path)]
+        return subprocess.run(["cat", *files], capture_output=True, check=True).stdout
     dump = subprocess.run(
         [
             "pg_dump",
