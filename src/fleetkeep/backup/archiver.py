@@ -443,10 +443,7 @@ class Archiver:
     def _submit(
         self, files: list[tuple[bytes, os.stat_result]]
     ) -> Future[list[_FileResult | None]]:
-        self._slots.acquire()
-        fut = self._pool.submit(self._store_files, files)
-        fut.add_done_callback(lambda _: self._slots.release())
-        return fut
+        return self._slots.submit(self._pool, self._store_files, files)
 
     def _store_files(self, files: list[tuple[bytes, os.stat_result]]) -> list[_FileResult | None]:
         results = [self._store_file(path, st, with_xattrs=True) for path, st in files]

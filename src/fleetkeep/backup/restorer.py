@@ -193,10 +193,7 @@ class Restorer:
         return files
 
     def _submit(self, dir_fd: int, nodes: list[Node]) -> Future[None]:
-        self._slots.acquire()
-        fut = self._pool.submit(self._restore_files, dir_fd, nodes)
-        fut.add_done_callback(lambda _: self._slots.release())
-        return fut
+        return self._slots.submit(self._pool, self._restore_files, dir_fd, nodes)
 
     def _restore_files(self, dir_fd: int, nodes: list[Node]) -> None:
         size = 0

@@ -1,13 +1,18 @@
 """A counting semaphore built on ``queue.SimpleQueue``.
 
-Backup and restore bound their queued pool tasks with it. ``threading.Semaphore`` is Python
-code around a ``Condition``: every release takes the GIL for a notify, measured as a large
-share of the GIL-held time of a backup. ``SimpleQueue`` blocks and wakes in C.
+Backup and restore bound their queued pool tasks with it (``submit``). ``threading.Semaphore``
+is Python code around a ``Condition``: every release takes the GIL for a notify, measured as
+a large share of the GIL-held time of a backup. ``SimpleQueue`` blocks and wakes in C.
 """
 
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class Slots:
@@ -21,3 +26,10 @@ class Slots:
 
     def release(self) -> None:
         self._tokens.put(None)
+
+    def submit(self, pool: Executor, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Run ``fn`` on ``pool`` once a slot is free; the slot returns when it is done."""
+        self.acquire()
+        fut = pool.submit(fn, *args)
+        fut.add_done_callback(lambda _: self.release())
+        return fut

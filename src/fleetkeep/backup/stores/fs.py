@@ -51,11 +51,14 @@ class FilesystemStore(Store):
         except FileNotFoundError:
             raise ObjectNotFound(f"object {name} not found") from None
 
-    def get_range(self, name: str, offset: int, length: int) -> bytes:
+    def _open(self, name: str) -> int:
         try:
-            fd = os.open(self._path(name), os.O_RDONLY)
+            return os.open(self._path(name), os.O_RDONLY)
         except FileNotFoundError:
             raise ObjectNotFound(f"object {name} not found") from None
+
+    def get_range(self, name: str, offset: int, length: int) -> bytes:
+        fd = self._open(name)
         try:
             if offset < 0:
                 offset = max(0, os.fstat(fd).st_size + offset)
@@ -64,10 +67,7 @@ class FilesystemStore(Store):
             os.close(fd)
 
     def get_range_into(self, name: str, offset: int, buf: memoryview) -> None:
-        try:
-            fd = os.open(self._path(name), os.O_RDONLY)
-        except FileNotFoundError:
-            raise ObjectNotFound(f"object {name} not found") from None
+        fd = self._open(name)
         try:
             done = 0
             while done < len(buf):
