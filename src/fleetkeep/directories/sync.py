@@ -206,6 +206,20 @@ class CompiledMapping:
     quota_unit: str | None
     auto_import: bool
 
+    @classmethod
+    def of(cls, m: Any, purpose: MappingPurpose, rule: Rule) -> CompiledMapping:
+        """From a mapping row: an ORM ``Mapping`` or a Core row with its column names."""
+        return cls(
+            m.id,
+            purpose,
+            rule,
+            m.profile_id,
+            m.storage_region_id,
+            m.quota_value,
+            None if m.quota_unit is None else str(m.quota_unit),
+            m.auto_import,
+        )
+
 
 def compiled_mappings(session: Session, directory_id: int) -> list[CompiledMapping]:
     """The directory's mappings in decision order (priority, then id)."""
@@ -214,19 +228,7 @@ def compiled_mappings(session: Session, directory_id: int) -> list[CompiledMappi
         .where(Mapping.directory_id == directory_id)
         .order_by(Mapping.priority, Mapping.id)
     )
-    return [
-        CompiledMapping(
-            m.id,
-            MappingPurpose(m.purpose),
-            parse_rule(m.rule),
-            m.profile_id,
-            m.storage_region_id,
-            m.quota_value,
-            None if m.quota_unit is None else str(m.quota_unit),
-            m.auto_import,
-        )
-        for m in rows
-    ]
+    return [CompiledMapping.of(m, MappingPurpose(m.purpose), parse_rule(m.rule)) for m in rows]
 
 
 _Decision = tuple["CompiledMapping | None", "CompiledMapping | None"]

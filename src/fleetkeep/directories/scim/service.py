@@ -238,15 +238,8 @@ def _import_mappings(session: Session) -> list[CompiledMapping]:
     change made through any server process applies at once) in one round trip."""
     rows = session.connection().execute(_IMPORT_MAPPINGS)
     return [
-        CompiledMapping(
-            m.id,
-            MappingPurpose.IMPORT,
-            _parsed_rule(json.dumps(m.rule, sort_keys=True)),
-            m.profile_id,
-            m.storage_region_id,
-            m.quota_value,
-            None if m.quota_unit is None else str(m.quota_unit),
-            m.auto_import,
+        CompiledMapping.of(
+            m, MappingPurpose.IMPORT, _parsed_rule(json.dumps(m.rule, sort_keys=True))
         )
         for m in rows
     ]
