@@ -250,7 +250,13 @@ async def patch_user(request: Request, user_id: str) -> Response:
     body = await request.body()
 
     def work(s: Session, a: Actor, base: str) -> tuple[int, Any, dict[str, str]]:
-        patch = protocol.parse_patch(UserResource, protocol.parse_json(body))
+        data = protocol.parse_json(body)
+        simple = protocol.simple_patch(data)
+        if simple is not None:
+            done = service.patch_user_simply(s, a, user_id, simple, base, _if_match(request))
+            if done is not None:
+                return 200, done[0], {"ETag": protocol.etag(done[1])}
+        patch = protocol.parse_patch(UserResource, data)
         return _user(service.patch_user(s, a, user_id, patch, base, _if_match(request)))
 
     return await _handle(request, work)

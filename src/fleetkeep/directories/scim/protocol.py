@@ -67,6 +67,15 @@ USER_NAME_EQ = re.compile(r'\s*username\s+eq\s+("(?:[^"\\]|\\.)*")\s*', re.IGNOR
 # User attributes never returned (RFC 7643 §4.1.1: ``password`` is ``returned: never``).
 NEVER_RETURNED = ("password",)
 
+# Single-valued core User attributes holding a plain string (no type, no rule beyond ``str``)
+# that fleetkeep keeps no column for: ``simple_patch`` sets them without the PATCH engine.
+# Paths are case-insensitive and may carry the core schema URN.
+_PLAIN_ATTRIBUTES = {
+    prefix + name.lower(): name
+    for name in ("nickName", "title", "userType", "preferredLanguage", "locale", "timezone")
+    for prefix in ("", User.__schema__.lower() + ":")
+}
+
 # What real identity providers send and the RFC's strict reading refuses: Entra ID removes
 # members with ``remove`` + ``value`` and adds emails through an unmatched path filter;
 # Okta and Entra send attributes of custom schemas we do not keep.
@@ -241,6 +250,55 @@ def apply_patch(resource: R, patch: PatchOp[R]) -> bool:
         raise from_validation(exc) from None
 
 
+def simple_patch(data: dict[str, Any]) -> list[tuple[str, str]] | None:
+    """The (attribute, value) pairs of a PATCH that only sets plain strings, else None.
+
+    What identity providers push most (a title, a locale …): ``add``/``replace`` of a
+    single-valued core attribute that holds a string and that fleetkeep keeps no column for.
+    ``apply_simple_patch`` gives such a PATCH the result the scim2-models engine gives (tests
+    hold the two together) without validating the resource and the operations as models, which
+    costs a PATCH most of its time. Anything else (other paths, values, shapes) returns None
+    and takes the engine, which also refuses what is wrong.
+    """
+    operations = data.get("Operations")
+    if (
+        data.keys() != {"schemas", "Operations"}
+        or data["schemas"] != [PatchOp.__schema__]
+        or not isinstance(operations, list)
+        or not 0 < len(operations) <= MAX_PATCH_OPERATIONS
+    ):
+        return None
+    found = []
+    for operation in operations:
+        if not isinstance(operation, dict) or operation.keys() != {"op", "path", "value"}:
+            return None
+        op, path, value = operation["op"], operation["path"], operation["value"]
+        if not isinstance(op, str) or op.lower() not in {"add", "replace"}:
+            return None
+        # Entra ID's "True"/"False" strings are booleans to us (``_tolerate_operation``).
+        if not isinstance(value, str) or not value or value.lower() in {"true", "false"}:
+            return None
+        name = _PLAIN_ATTRIBUTES.get(path.lower()) if isinstance(path, str) else None
+        if name is None:
+            return None
+        found.append((name, value))
+    return found
+
+
+def apply_simple_patch(
+    attributes: dict[str, Any], operations: list[tuple[str, str]]
+) -> tuple[dict[str, Any], bool]:
+    """The stored attributes with ``simple_patch``'s operations applied, and whether they
+    changed (setting an attribute to the value it has changes nothing, as in the engine)."""
+    patched = dict(attributes)
+    changed = False
+    for name, value in operations:
+        if patched.get(name) != value:
+            patched[name] = value
+            changed = True
+    return patched, changed
+
+
 def _tolerate_clients(data: dict[str, Any]) -> dict[str, Any]:
     """Entra ID sends booleans as the strings "True"/"False" and managers without ``$ref``."""
     data = dict(data)
@@ -400,28 +458,33 @@ def sanitize_username(name: str) -> str:
     return name.translate(UNSAFE_NAME_CHARS)
 
 
-def user_email(resource: UserResource) -> str | None:
-    """The primary e-mail, else a work one, else any, else ``userName`` when it is an address."""
-    emails = [e for e in resource.emails or [] if e.value]
+def user_email(data: dict[str, Any]) -> str | None:
+    """The primary e-mail, else a work one, else any, else ``userName`` when it is an address.
+
+    ``data`` is a User's DEFAULT-context dump (or stored attributes), so the rule applies
+    alike to a validated resource and to what a simple PATCH changed without the models.
+    """
+    emails = [e for e in data.get("emails") or [] if e.get("value")]
     for wanted in (
-        lambda e: e.primary,
-        lambda e: str(e.type) == "work",
+        lambda e: e.get("primary"),
+        lambda e: str(e.get("type")) == "work",
         lambda e: True,
     ):
         for email in emails:
             if wanted(email):
-                return str(email.value)
-    if resource.user_name and "@" in resource.user_name:
-        return resource.user_name
+                return str(email["value"])
+    user_name = data.get("userName")
+    if user_name and "@" in user_name:
+        return str(user_name)
     return None
 
 
-def display_name(resource: UserResource) -> str:
-    if resource.display_name:
-        return resource.display_name
-    if resource.name and (resource.name.given_name or resource.name.family_name):
-        return " ".join(p for p in (resource.name.given_name, resource.name.family_name) if p)
-    return ""
+def display_name(data: dict[str, Any]) -> str:
+    """``displayName``, else the given and family names (from a DEFAULT-context dump)."""
+    if data.get("displayName"):
+        return str(data["displayName"])
+    name = data.get("name") or {}
+    return " ".join(name[p] for p in ("givenName", "familyName") if name.get(p))
 
 
 # Discovery ------------------------------------------------------------------------------------
