@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select
+from sqlalchemy import Select, bindparam, delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from fleetkeep.audit.service import Actor, record
@@ -128,8 +128,12 @@ def delete_profile(session: Session, actor: Actor, profile_id: int) -> None:
 def get_profile(session: Session, profile_id: int) -> Profile:
     profile = session.get(Profile, profile_id)
     if profile is None:
-        raise NotFound(f"profile {profile_id} does not exist", field="profile_id")
+        raise _no_profile(profile_id)
     return profile
+
+
+def _no_profile(profile_id: int) -> NotFound:
+    return NotFound(f"profile {profile_id} does not exist", field="profile_id")
 
 
 def list_profiles(session: Session) -> list[Profile]:
@@ -207,8 +211,12 @@ def delete_region(session: Session, actor: Actor, region_id: int) -> None:
 def get_region(session: Session, region_id: int) -> StorageRegion:
     region = session.get(StorageRegion, region_id)
     if region is None:
-        raise NotFound(f"storage region {region_id} does not exist", field="storage_region_id")
+        raise _no_region(region_id)
     return region
+
+
+def _no_region(region_id: int) -> NotFound:
+    return NotFound(f"storage region {region_id} does not exist", field="storage_region_id")
 
 
 def list_regions(session: Session) -> list[StorageRegion]:
@@ -237,26 +245,60 @@ def _check_store_url(url: str) -> None:
 # Users --------------------------------------------------------------------------------------
 
 
+def _scalar(query: Select[Any], name: str) -> Any:
+    return query.scalar_subquery().label(name)
+
+
+# What a new user needs checked, in one round trip (user creation is a request storm for SCIM
+# and activation): its e-mail is free, its profile exists (with its default quota), its storage
+# region exists. Built once, with bind parameters.
+_taken = select(User.id, User.state).where(User.email_normalized == bindparam("email"))
+_profile = select(Profile.default_quota_value, Profile.default_quota_unit).where(
+    Profile.id == bindparam("profile_id")
+)
+_CREATE_CHECKS = select(
+    _scalar(_taken.with_only_columns(User.id), "taken_id"),
+    _scalar(_taken.with_only_columns(User.state), "taken_state"),
+    _scalar(_profile.with_only_columns(Profile.default_quota_value), "quota_value"),
+    _scalar(_profile.with_only_columns(Profile.default_quota_unit), "quota_unit"),
+    _scalar(
+        select(StorageRegion.id).where(StorageRegion.id == bindparam("region_id")), "region_id"
+    ),
+)
+
+
 def create_user(session: Session, actor: Actor, **fields: Any) -> User:
     _only(fields, _USER_FIELDS)
     email = validate_email(fields.pop("email"))
     normalized = normalize_email(email)
-    existing = session.scalar(select(User).where(User.email_normalized == normalized))
-    if existing is not None:
+    checks = session.execute(
+        _CREATE_CHECKS,
+        {
+            "email": normalized,
+            "profile_id": fields["profile_id"],
+            "region_id": fields["storage_region_id"],
+        },
+    ).one()
+    if checks.taken_id is not None:
         raise Conflict(
-            f"a user with email {email} already exists (id {existing.id}, {existing.state})",
+            f"a user with email {email} already exists (id {checks.taken_id}, "
+            f"{checks.taken_state})",
             code="email_taken",
             field="email",
         )
-    profile = get_profile(session, fields["profile_id"])
-    get_region(session, fields["storage_region_id"])
+    if checks.quota_value is None:
+        raise _no_profile(fields["profile_id"])
+    if checks.region_id is None:
+        raise _no_region(fields["storage_region_id"])
     if "quota_value" not in fields:
-        fields["quota_value"] = profile.default_quota_value
-        fields["quota_unit"] = profile.default_quota_unit
+        fields["quota_value"] = checks.quota_value
+        fields["quota_unit"] = checks.quota_unit
     user = User(email=email, email_normalized=normalized, state=UserState.ACTIVE, **fields)
     session.add(user)
     session.flush()
-    record(session, actor, "user.create", "user", user.id, after=user_view(user))
+    # At once: the flush just sent the user (and anything recorded before), so the trail
+    # keeps its order without a second unit-of-work pass at commit.
+    record(session, actor, "user.create", "user", user.id, after=user_view(user), at_once=True)
     return user
 
 
