@@ -19,11 +19,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cached_property, lru_cache
-from typing import Any
+from typing import Any, cast
 
 from scim2_models import Context, GroupMember, GroupMembership, PatchOp, SearchRequest
 from scim2_models.path.expressions import CompareOperator, Comparison, FilterNode, LogicalExpr
-from sqlalchemy import Select, bindparam, delete, func, select, update
+from sqlalchemy import Select, Table, bindparam, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from fleetkeep.alerts.service import raise_alert, resolve_alert
@@ -383,20 +383,24 @@ def create_user(session: Session, actor: Actor, resource: UserResource, base_url
         _adopt(session, known, email)
         user = identity.update_user(session, actor, known.id, **fields)
     now = utcnow()
-    row = ScimUser(
-        user_id=user.id,
-        user_name=user_name,
-        user_name_key=user_name.lower(),
-        external_id=resource.external_id,
-        version=1,
-        attributes=_stored_attributes(data),
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(row)
+    values = {
+        "user_id": user.id,
+        "user_name": user_name,
+        "user_name_key": user_name.lower(),
+        "external_id": resource.external_id,
+        "version": 1,
+        "attributes": _stored_attributes(data),
+        "created_at": now,
+        "updated_at": now,
+    }
+    # A Core INSERT: nothing in this request reads the row back through the session.
+    session.execute(_INSERT_SCIM_USER, values)
     _apply_active(session, actor, user, resource.active)
     session.flush()
-    return Stored(user, row, [], base_url)
+    return Stored(user, ScimUser(**values), [], base_url)
+
+
+_INSERT_SCIM_USER = insert(cast(Table, ScimUser.__table__))
 
 
 def _adopt(session: Session, user: User, email: str) -> None:
