@@ -34,6 +34,8 @@ log = logging.getLogger("fleetkeep.scim")
 
 router = APIRouter(prefix="/scim/v2", tags=["scim"])
 
+_AUTOCOMMIT = {"isolation_level": "AUTOCOMMIT"}
+
 Work = Callable[[Session, Actor, str], tuple[int, Any, dict[str, str]]]
 
 
@@ -58,6 +60,10 @@ async def _handle(request: Request, work: Work, *, inline: bool = False) -> Resp
         factory = request.app.state.sessionmaker
         base_url = request.app.state.settings.public_url.rstrip("/") + "/scim/v2"
         with transaction(factory) as session:
+            if inline and request.method == "GET":
+                # The token's read and one read of one User: each is consistent alone, so no
+                # transaction is begun and committed (two of the request's four round trips).
+                session.connection(execution_options=_AUTOCOMMIT)
             service.authenticate(session, bearer_secret(request))
             actor = Actor(
                 "scim",
@@ -133,52 +139,8 @@ def _search_groups(session: Session, params: dict[str, Any], base: str) -> dict[
     return protocol.list_response([(r, search) for r in found], search)
 
 
-# Discovery ------------------------------------------------------------------------------------
-
-
-@router.get("/ServiceProviderConfig")
-async def service_provider_config(request: Request) -> Response:
-    return await _handle(
-        request, lambda s, a, base: (200, protocol.service_provider_config(base), {})
-    )
-
-
-@router.get("/ResourceTypes")
-async def resource_types(request: Request) -> Response:
-    return await _handle(
-        request,
-        lambda s, a, base: (200, protocol.discovery_list(protocol.resource_types(base)), {}),
-    )
-
-
-@router.get("/ResourceTypes/{name}")
-async def resource_type(request: Request, name: str) -> Response:
-    def work(s: Session, a: Actor, base: str) -> tuple[int, Any, dict[str, str]]:
-        for item in protocol.resource_types(base):
-            if item["id"] == name:
-                return 200, item, {}
-        raise ScimError(404, f"resource type {name} not found")
-
-    return await _handle(request, work)
-
-
-@router.get("/Schemas")
-async def schemas(request: Request) -> Response:
-    return await _handle(
-        request, lambda s, a, base: (200, protocol.discovery_list(protocol.schemas(base)), {})
-    )
-
-
-@router.get("/Schemas/{urn}")
-async def schema(request: Request, urn: str) -> Response:
-    def work(s: Session, a: Actor, base: str) -> tuple[int, Any, dict[str, str]]:
-        for item in protocol.schemas(base):
-            if item["id"] == urn:
-                return 200, item, {}
-        raise ScimError(404, f"schema {urn} not found")
-
-    return await _handle(request, work)
-
+# Routes are tried in the order they are declared: Users first, by how often identity providers
+# call them (a filtered GET before every push, then PATCH, POST), discovery last.
 
 # Users ----------------------------------------------------------------------------------------
 
@@ -195,6 +157,23 @@ async def list_users(request: Request) -> Response:
         return 200, _search_users(s, params, base), {}
 
     return await _handle(request, work, inline=user_name is not None)
+
+
+@router.patch("/Users/{user_id}")
+async def patch_user(request: Request, user_id: str) -> Response:
+    body = await request.body()
+
+    def work(s: Session, a: Actor, base: str) -> tuple[int, Any, dict[str, str]]:
+        data = protocol.parse_json(body)
+        simple = protocol.simple_patch(data)
+        if simple is not None:
+            done = service.patch_user_simply(s, a, user_id, simple, base, _if_match(request))
+            if done is not None:
+                return 200, done[0], {"ETag": protocol.etag(done[1])}
+        patch = protocol.parse_patch(UserResource, data)
+        return _user(service.patch_user(s, a, user_id, patch, base, _if_match(request)))
+
+    return await _handle(request, work, inline=True)
 
 
 @router.post("/Users/.search")
@@ -245,23 +224,6 @@ async def replace_user(request: Request, user_id: str) -> Response:
             UserResource, protocol.parse_json(body), Context.RESOURCE_REPLACEMENT_REQUEST
         )
         return _user(service.replace_user(s, a, user_id, resource, base, _if_match(request)))
-
-    return await _handle(request, work, inline=True)
-
-
-@router.patch("/Users/{user_id}")
-async def patch_user(request: Request, user_id: str) -> Response:
-    body = await request.body()
-
-    def work(s: Session, a: Actor, base: str) -> tuple[int, Any, dict[str, str]]:
-        data = protocol.parse_json(body)
-        simple = protocol.simple_patch(data)
-        if simple is not None:
-            done = service.patch_user_simply(s, a, user_id, simple, base, _if_match(request))
-            if done is not None:
-                return 200, done[0], {"ETag": protocol.etag(done[1])}
-        patch = protocol.parse_patch(UserResource, data)
-        return _user(service.patch_user(s, a, user_id, patch, base, _if_match(request)))
 
     return await _handle(request, work, inline=True)
 
@@ -355,6 +317,53 @@ async def delete_group(request: Request, group_id: str) -> Response:
     def work(s: Session, a: Actor, base: str) -> tuple[int, Any, dict[str, str]]:
         service.delete_group(s, a, group_id, base, _if_match(request))
         return 204, None, {}
+
+    return await _handle(request, work)
+
+
+# Discovery ------------------------------------------------------------------------------------
+
+
+@router.get("/ServiceProviderConfig")
+async def service_provider_config(request: Request) -> Response:
+    return await _handle(
+        request, lambda s, a, base: (200, protocol.service_provider_config(base), {})
+    )
+
+
+@router.get("/ResourceTypes")
+async def resource_types(request: Request) -> Response:
+    return await _handle(
+        request,
+        lambda s, a, base: (200, protocol.discovery_list(protocol.resource_types(base)), {}),
+    )
+
+
+@router.get("/ResourceTypes/{name}")
+async def resource_type(request: Request, name: str) -> Response:
+    def work(s: Session, a: Actor, base: str) -> tuple[int, Any, dict[str, str]]:
+        for item in protocol.resource_types(base):
+            if item["id"] == name:
+                return 200, item, {}
+        raise ScimError(404, f"resource type {name} not found")
+
+    return await _handle(request, work)
+
+
+@router.get("/Schemas")
+async def schemas(request: Request) -> Response:
+    return await _handle(
+        request, lambda s, a, base: (200, protocol.discovery_list(protocol.schemas(base)), {})
+    )
+
+
+@router.get("/Schemas/{urn}")
+async def schema(request: Request, urn: str) -> Response:
+    def work(s: Session, a: Actor, base: str) -> tuple[int, Any, dict[str, str]]:
+        for item in protocol.schemas(base):
+            if item["id"] == urn:
+                return 200, item, {}
+        raise ScimError(404, f"schema {urn} not found")
 
     return await _handle(request, work)
 
