@@ -23,14 +23,25 @@ from typing import Any, cast
 
 from scim2_models import Context, GroupMember, GroupMembership, PatchOp, SearchRequest
 from scim2_models.path.expressions import CompareOperator, Comparison, FilterNode, LogicalExpr
-from sqlalchemy import Select, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Row,
+    Select,
+    Table,
+    Text,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from fleetkeep.alerts.service import raise_alert, resolve_alert
 from fleetkeep.audit.service import Actor, record
 from fleetkeep.db import utcnow
 from fleetkeep.directories import service as directories
-from fleetkeep.directories.mappings import Candidate, Rule, normalize_dn, parse_rule
+from fleetkeep.directories.mappings import Candidate, normalize_dn, parse_rule
 from fleetkeep.directories.models import Directory, DirectoryKind, Mapping, MappingPurpose
 from fleetkeep.directories.scim.models import ScimGroup, ScimGroupMember, ScimToken, ScimUser
 from fleetkeep.directories.scim.protocol import (
@@ -221,7 +232,8 @@ def remove_mapping(session: Session, actor: Actor, mapping_id: int) -> None:
 _IMPORT_MAPPINGS = (
     select(
         Mapping.id,
-        Mapping.rule,
+        # The rule as stored (JSON text): with the other columns, the key of ``_compiled``.
+        Mapping.rule.cast(Text).label("rule"),
         Mapping.profile_id,
         Mapping.storage_region_id,
         Mapping.quota_value,
@@ -237,19 +249,14 @@ _IMPORT_MAPPINGS = (
 def _import_mappings(session: Session) -> list[CompiledMapping]:
     """The SCIM directory's import mappings in decision order, read on every write (so a
     change made through any server process applies at once) in one round trip."""
-    rows = session.connection().execute(_IMPORT_MAPPINGS)
-    return [
-        CompiledMapping.of(
-            m, MappingPurpose.IMPORT, _parsed_rule(json.dumps(m.rule, sort_keys=True))
-        )
-        for m in rows
-    ]
+    return [_compiled(m) for m in session.connection().execute(_IMPORT_MAPPINGS)]
 
 
 @lru_cache(maxsize=256)
-def _parsed_rule(text: str) -> Rule:
-    """Rules are parsed once per process (a filter rule's parse costs more than its match)."""
-    return parse_rule(json.loads(text))
+def _compiled(row: Row[Any]) -> CompiledMapping:
+    """A mapping row compiled once per process: all its values are the key, so an edited
+    mapping is a new key (parsing a rule costs more than matching it)."""
+    return CompiledMapping.of(row, MappingPurpose.IMPORT, parse_rule(json.loads(row.rule)))
 
 
 def rule_candidate(data: dict[str, Any], groups: Iterable[str]) -> Candidate:
