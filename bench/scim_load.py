@@ -193,6 +193,7 @@ class Run:
     latencies: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in KINDS})
     errors: dict[str, int] = field(default_factory=dict)
     elapsed: float = 0.0
+    split: list[int] = field(default_factory=list)
 
     def error(self, key: str) -> None:
         self.errors[key] = self.errors.get(key, 0) + 1
@@ -348,6 +349,39 @@ class CpuMeter:
         )
 
 
+def connections_by_worker(servers: list[ServerProcess]) -> list[int]:
+    """Established client connections each server process holds, most first.
+
+    The workers share one listening socket and whichever wakes first accepts what is
+    pending, so the 32 keep-alive connections can split unevenly (all 32 in one worker was
+    seen): the busier worker then sets the latency, and the split explains a run's figures.
+    """
+    ports = {f"{int(urlsplit(s.url).port or 0):04X}" for s in servers}
+    established = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[1].rsplit(":", 1)[1] in ports and fields[3] == "01":
+                established.add(fields[9])
+    counts = []
+    for pid in _children(s.process.pid for s in servers):
+        inodes = set()
+        for fd in Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        if inodes & established:
+            counts.append(len(inodes & established))
+    return sorted(counts, reverse=True)
+
+
 # Report ---------------------------------------------------------------------------------------
 
 
@@ -378,6 +412,7 @@ def report(
                 f"p99 {values[int(len(values) * 0.99) - 1]:6.1f} ms"
             )
     print(f"  errors      {sum(run.errors.values())} {run.errors or ''}")
+    print(f"  connections per server process: {'/'.join(map(str, run.split)) or '?'}")
     server, database, client = (s * 1000 / len(every) for s in cpu)
     print(
         f"  CPU per op  server {server:.2f} ms, PostgreSQL {database:.2f} ms, "
@@ -386,13 +421,18 @@ def report(
 
 
 async def bench(
-    bases: list[str], token: str, args: argparse.Namespace, meter: Callable[[], CpuMeter]
+    bases: list[str],
+    token: str,
+    args: argparse.Namespace,
+    meter: Callable[[], CpuMeter],
+    split: Callable[[], list[int]],
 ) -> tuple[Run, tuple[float, float, float], dict[str, tuple[float, float, float]]]:
     connections = [Connection(bases[i % len(bases)], token) for i in range(args.clients)]
     known = await seed(connections, args.seed_users)
     plan = random.Random(7).choices(KINDS, weights=[60, 25, 15], k=args.ops)
     cpu = meter()
     run = await run_load(connections, known, plan, seed=1)
+    run.split = split()
     spent = cpu.spent()
     by_kind: dict[str, tuple[float, float, float]] = {}
     for number, kind in enumerate(KINDS if args.per_kind else ()):
@@ -427,7 +467,13 @@ def main() -> None:
             token = prepare(servers[0])
             bases = [server.url for server in servers]
             run, cpu, by_kind = uvloop.run(
-                bench(bases, token, args, lambda: CpuMeter(servers, url))
+                bench(
+                    bases,
+                    token,
+                    args,
+                    lambda: CpuMeter(servers, url),
+                    lambda: connections_by_worker(servers),
+                )
             )
         finally:
             for server in servers:
