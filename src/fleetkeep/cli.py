@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import sys
 from typing import Annotated, Any
 
@@ -112,9 +114,11 @@ def serve(
 ) -> None:
     """Run the server (API, device API, console) with migrations applied first."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from fleetkeep.observability import configure_logging
     from fleetkeep.web.app import WORKER_JOBS_ENV, create_app
+    from fleetkeep.web.sockets import bind_worker_socket
 
     cfg = settings()
     if host:
@@ -153,13 +157,18 @@ def serve(
     # uvicorn kills a worker that does not answer its health check within the timeout (5 s by
     # default); a worker still importing on a busy machine is not dead, and killing it only
     # starts another that is as slow (seen at load 15: no worker ever came up).
-    uvicorn.run(
+    config = uvicorn.Config(
         "fleetkeep.web.app:worker_app",
         factory=True,
         workers=workers,
         timeout_worker_healthcheck=60,
         **options,
     )
+    # What ``uvicorn.run`` does for workers, with a listening socket of each worker's own.
+    family = socket.AF_INET6 if ":" in cfg.listen_host else socket.AF_INET
+    listener = bind_worker_socket(family, (cfg.listen_host, cfg.listen_port))
+    with contextlib.suppress(KeyboardInterrupt):
+        Multiprocess(config, sockets=[listener]).run()
 
 
 def _safe_url(url: str) -> str:
