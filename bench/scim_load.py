@@ -24,6 +24,21 @@ Figures (2 cores shared with other work; server CPU per op from /proc, all worke
   3.28 ms per op (GET 1.19, PATCH 4.71, POST 5.45 ms), PostgreSQL 0.11, client 0.14 ms.
   Target not met: PATCH and POST (40 % of the mix, ~75 % of the CPU) still go through the
   ORM, the scim2-models PATCH engine and the identity service.
+* before the next round (quiet machine): 553.5 req/s, p50 34 ms, p99 217 ms; server CPU
+  2.56 ms per op (GET ~1.2, PATCH ~4.7, POST ~5.4 ms). Re-run at its start on a machine that
+  got busy (load 1 -> 7): 224.3 req/s, p99 592 ms; 5.10 ms (GET 2.08, PATCH 7.36, POST 9.00).
+* after it (simple PATCH without the models, the engine or the ORM; single-User work on the
+  event loop instead of the thread pool; GET without BEGIN/COMMIT; one statement for a new
+  user's checks; compiled mappings cached; a listening socket per worker), quiet machine
+  (load 0.8-2.5): 939.1 req/s, p50 33.5 ms, p99 78.6 ms, 0 errors, connections 21/11;
+  873.3 req/s, p99 87.1 ms with 22/10. Server CPU 1.51-1.58 ms per op (GET 0.95-0.99,
+  PATCH 2.0-2.15, POST 3.2-3.5 ms alone), PostgreSQL 0.32-0.34, client 0.12 ms. With the
+  shared socket, a run whose 32 connections all landed in one worker gave 469.7 req/s.
+  Throughput met; p99 not: with 32 closed-loop clients the mean latency is 32 / throughput,
+  so p99 < 50 ms needs about 1,200 req/s and an even split. Left: a POST still validates the
+  resource model and flushes the user through the ORM (3.2 ms); every request pays about
+  0.35 ms for the session, the token's query and BEGIN/COMMIT, and uvicorn writes a
+  response's head and body in two send calls (~13 % of server CPU in a py-spy profile).
 """
 
 from __future__ import annotations
@@ -352,9 +367,10 @@ class CpuMeter:
 def connections_by_worker(servers: list[ServerProcess]) -> list[int]:
     """Established client connections each server process holds, most first.
 
-    The workers share one listening socket and whichever wakes first accepts what is
-    pending, so the 32 keep-alive connections can split unevenly (all 32 in one worker was
-    seen): the busier worker then sets the latency, and the split explains a run's figures.
+    The kernel spreads new connections over the workers' sockets by a hash of the address
+    pair, so the 32 keep-alive connections can split unevenly (22/10 seen; 32/0 was common
+    while the workers shared one socket): the busier worker then sets the latency, and the
+    split explains much of a run's p99.
     """
     ports = {f"{int(urlsplit(s.url).port or 0):04X}" for s in servers}
     established = set()
