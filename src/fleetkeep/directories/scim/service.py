@@ -554,16 +554,10 @@ def patch_user_simply(
     if "active" in attributes:
         # What ``Stored.resource`` serves, so what a save through the models stores.
         attributes["active"] = user.state is UserState.ACTIVE
-    data = {**attributes, "id": str(user.id)}
-    email = user_email(data) or user.email
     try:
-        identity.validate_email(email)
+        fields = _decided_fields(session, {**attributes, "id": str(user.id)}, user.email, groups)
     except InvalidInput:
         return None
-    fields = _user_fields(data, email)
-    mapping = match_mapping(_import_mappings(session), data, (name for _, name in groups))
-    if mapping is not None:
-        fields.update(_assignment(mapping))
     if any(getattr(user, k) != v for k, v in fields.items()):
         return None
     version, now = user.version + 1, utcnow()
@@ -573,15 +567,7 @@ def patch_user_simply(
     )
     if saved.rowcount != 1:
         return None
-    record(
-        session,
-        actor,
-        "scim.user.update",
-        "user",
-        user.id,
-        after={"version": version},
-        at_once=True,
-    )
+    _record_update(session, actor, user.id, version)
     body = _served(user.id, user.state, attributes, user.created_at, now, version, groups, base_url)
     return body, version
 
@@ -707,15 +693,10 @@ def _save_user(
         _unique_user_name(session, user_name, user.id)
     resource.groups = _memberships(groups)
     data = resource.model_dump(scim_ctx=Context.DEFAULT)
-    email = user_email(data) or user.email
     try:
-        identity.validate_email(email)
+        fields = _decided_fields(session, data, user.email, groups)
     except InvalidInput as exc:
         raise ScimError(400, exc.detail, "invalidValue") from None
-    fields = _user_fields(data, email)
-    mapping = match_mapping(_import_mappings(session), data, (name for _, name in groups))
-    if mapping is not None:
-        fields.update(_assignment(mapping))
     # Only what changes: an unchanged profile or region needs no lookup, and a PATCH of an
     # attribute fleetkeep has no column for (title, phone …) no user update at all.
     fields = {k: v for k, v in fields.items() if getattr(user, k) != v}
@@ -733,16 +714,35 @@ def _save_user(
     row.updated_at = utcnow()
     # The flush first keeps the audit trail in order (the user's own events come before).
     session.flush()
+    _record_update(session, actor, user.id, row.version)
+    return Stored(user, row, groups, base_url)
+
+
+def _decided_fields(
+    session: Session, data: dict[str, Any], email: str, groups: list[tuple[int, str]]
+) -> dict[str, Any]:
+    """The user's columns that a User (its DEFAULT-context dump) and the first matching import
+    mapping decide; ``email`` is the user's own when the User names none (InvalidInput when
+    the address is not one)."""
+    email = user_email(data) or email
+    identity.validate_email(email)
+    fields = _user_fields(data, email)
+    mapping = match_mapping(_import_mappings(session), data, (name for _, name in groups))
+    if mapping is not None:
+        fields.update(_assignment(mapping))
+    return fields
+
+
+def _record_update(session: Session, actor: Actor, user_id: int, version: int) -> None:
     record(
         session,
         actor,
         "scim.user.update",
         "user",
-        user.id,
-        after={"version": row.version},
+        user_id,
+        after={"version": version},
         at_once=True,
     )
-    return Stored(user, row, groups, base_url)
 
 
 def _apply_active(session: Session, actor: Actor, user: User, active: bool | None) -> None:
