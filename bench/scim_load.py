@@ -30,10 +30,13 @@ Figures (2 cores shared with other work; server CPU per op from /proc, all worke
 * after it (simple PATCH without the models, the engine or the ORM; single-User work on the
   event loop instead of the thread pool; GET without BEGIN/COMMIT; one statement for a new
   user's checks; compiled mappings cached; a listening socket per worker), quiet machine
-  (load 0.8-2.5): 939.1 req/s, p50 33.5 ms, p99 78.6 ms, 0 errors, connections 21/11;
-  873.3 req/s, p99 87.1 ms with 22/10. Server CPU 1.51-1.58 ms per op (GET 0.95-0.99,
-  PATCH 2.0-2.15, POST 3.2-3.5 ms alone), PostgreSQL 0.32-0.34, client 0.12 ms. With the
-  shared socket, a run whose 32 connections all landed in one worker gave 469.7 req/s.
+  (load 0.8-2.5): 939.1 req/s, p50 33.5 ms, p99 78.6 ms, 0 errors, connections 21/11 (a
+  lucky split, still on the shared socket); 873.3 req/s, p99 87.1 ms with 22/10. Server
+  CPU 1.51-1.58 ms per op (GET 0.95-0.99, PATCH 2.0-2.15, POST 3.2-3.5 ms alone),
+  PostgreSQL 0.32-0.34, client 0.12 ms. With the shared socket, a run whose 32 connections
+  all landed in one worker gave 469.7 req/s. Later runs (load 1.2-1.5, every CPU figure
+  ~25 % higher, the load generator's too): 642.8-732.3 req/s, p99 93-116 ms with 19/13 and
+  17/15.
   Throughput met; p99 not: with 32 closed-loop clients the mean latency is 32 / throughput,
   so p99 < 50 ms needs about 1,200 req/s and an even split. Left: a POST still validates the
   resource model and flushes the user through the ORM (3.2 ms); every request pays about
