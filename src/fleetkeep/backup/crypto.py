@@ -7,7 +7,6 @@ moved to another place in the repository fails to open instead of returning the 
 from __future__ import annotations
 
 import enum
-import mmap
 import os
 import threading
 
@@ -34,8 +33,6 @@ ZSTD_LEVEL = 3
 # already-compressed files cost one small trial compression instead of a full one.
 _SAMPLE = 16 * 1024
 _MIN_GAIN = 0.03
-# Sealed blobs from this size up live in anonymous mappings (see ``seal_compressed``).
-_MMAP_FROM = 256 * 1024
 
 
 class BlobType(enum.IntEnum):
@@ -118,30 +115,31 @@ class Crypto:
     def _cipher(self, blob_type: BlobType) -> AESGCM:
         return self._data if blob_type == BlobType.DATA else self._meta
 
-    def seal_compressed(
-        self, blob_type: BlobType, blob_id: bytes, mode: int, payload: bytes | memoryview
-    ) -> bytearray | mmap.mmap:
-        """The sealed blob (mode ‖ nonce ‖ ciphertext ‖ tag) of an already ``compress``-ed
-        payload, encrypted straight into its one buffer: no copy of the payload and no
-        separate ciphertext (the buffer becomes part of a pack as it is)."""
+    def seal_into(
+        self,
+        blob_type: BlobType,
+        blob_id: bytes,
+        mode: int,
+        payload: bytes | memoryview,
+        out: memoryview,
+    ) -> None:
+        """Seal an already ``compress``-ed payload (mode ‖ nonce ‖ ciphertext ‖ tag) into
+        ``out``, exactly ``SEAL_OVERHEAD + len(payload)`` bytes: the pack writer hands out
+        a slice of its pack buffer, so a sealed blob is never a buffer of its own."""
         nonce = os.urandom(NONCE_BYTES)
+        out[0] = mode
+        out[1 : 1 + NONCE_BYTES] = nonce
         aad = blob_aad(blob_type, blob_id) + bytes((mode,))
-        size = 1 + NONCE_BYTES + len(payload) + TAG_BYTES
-        # bytearray(n) zero-fills n bytes while holding the GIL; an anonymous mapping gets
-        # zeroed pages from the kernel as encrypt_into (GIL released) writes them. Private:
-        # a shared anonymous map is shmem, whose page faults cost more.
-        sealed = bytearray(size) if size < _MMAP_FROM else mmap.mmap(-1, size, mmap.MAP_PRIVATE)
-        sealed[0] = mode
-        sealed[1 : 1 + NONCE_BYTES] = nonce
-        with memoryview(sealed) as view, view[1 + NONCE_BYTES :] as out:
-            self._cipher(blob_type).encrypt_into(nonce, payload, aad, out)
-        return sealed
+        self._cipher(blob_type).encrypt_into(nonce, payload, aad, out[1 + NONCE_BYTES :])
 
     def seal_blob(
         self, blob_type: BlobType, blob_id: bytes, plaintext: bytes | memoryview
     ) -> bytes:
         mode, payload = compress(plaintext)
-        return bytes(self.seal_compressed(blob_type, blob_id, mode, payload))
+        sealed = bytearray(SEAL_OVERHEAD + len(payload))
+        with memoryview(sealed) as out:
+            self.seal_into(blob_type, blob_id, mode, payload, out)
+        return bytes(sealed)
 
     def open_blob(
         self,

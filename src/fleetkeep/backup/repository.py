@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import mmap
 import os
 import secrets
 import threading
@@ -20,7 +21,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleetkeep.backup.chunker import Chunker, ChunkerParams
-from fleetkeep.backup.crypto import BlobType, Crypto, ObjectKind, compress, content_name
+from fleetkeep.backup.crypto import (
+    SEAL_OVERHEAD,
+    BlobType,
+    Crypto,
+    ObjectKind,
+    compress,
+    content_name,
+)
 from fleetkeep.backup.errors import (
     IntegrityError,
     ObjectNotFound,
@@ -40,7 +48,7 @@ from fleetkeep.backup.pack import (
     pack_name,
     read_header,
 )
-from fleetkeep.backup.stores.base import Part, Store
+from fleetkeep.backup.stores.base import Store
 from fleetkeep.backup.tree import Node, decode_tree
 from fleetkeep.keys.subkeys import derive_subkeys
 
@@ -58,6 +66,10 @@ CONFIG = "config"
 # (the next backup adopts unindexed packs anyway).
 _INDEX_EVERY_PACKS = 64
 _UPLOADS_IN_FLIGHT = 2
+# Room in a pack buffer past the pack target (a blob that crosses the target still fits when
+# it is smaller; a larger one starts the next pack), and written packs' buffers kept for reuse.
+_PACK_SLACK = 1024 * 1024
+_SPARE_BUFFERS = 2
 
 
 @dataclass(frozen=True)
@@ -399,7 +411,13 @@ class BlobSink:
         self._repo = repo
         self._lock = threading.Lock()
         self._reserved: set[bytes] = set()
-        self._writers = {BlobType.DATA: PackWriter(), BlobType.TREE: PackWriter()}
+        self._writers: dict[BlobType, PackWriter] = {}
+        # A pack buffer holds the target size plus room for the blob that crosses it; written
+        # packs' buffers wait here for reuse (at most _SPARE_BUFFERS, to bound memory).
+        self._buffer_bytes = -(-(repo.config.pack_target + _PACK_SLACK) // mmap.PAGESIZE) * (
+            mmap.PAGESIZE
+        )
+        self._spare: list[mmap.mmap] = []
         self._unindexed: list[tuple[str, list[PackEntry]]] = []
         self.written_packs: list[str] = []
         self._uploader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pack-upload")
@@ -418,28 +436,72 @@ class BlobSink:
 
     def put(self, blob_type: BlobType, blob_id: bytes, data: bytes | memoryview) -> None:
         """Store a blob already reserved by this caller. Compressing and sealing happen
-        outside the lock (the slow, GIL-free part); the lock only appends to a pack."""
+        outside the lock (the slow, GIL-free part); the lock only reserves pack space."""
         mode, payload = compress(data)
-        sealed = self._repo.crypto.seal_compressed(blob_type, blob_id, mode, payload)
-        self._append(blob_type, blob_id, sealed, len(data))
+        writer, out = self._place(blob_type, blob_id, SEAL_OVERHEAD + len(payload), len(data))
+        try:
+            self._repo.crypto.seal_into(blob_type, blob_id, mode, payload, out)
+        except BaseException:
+            self._filled(writer, failed=blob_id)
+            raise
+        self._filled(writer)
 
     def put_sealed(self, blob_type: BlobType, blob_id: bytes, sealed: bytes) -> None:
         """Repack an already-sealed blob (prune): the seal is bound to the id, not the pack."""
-        self._append(blob_type, blob_id, sealed, 0)
+        writer, out = self._place(blob_type, blob_id, len(sealed), 0)
+        out[:] = sealed
+        self._filled(writer)
 
-    def _append(self, blob_type: BlobType, blob_id: bytes, sealed: Part, new: int) -> None:
-        full: PackWriter | None = None
+    def _place(
+        self, blob_type: BlobType, blob_id: bytes, length: int, new: int
+    ) -> tuple[PackWriter, memoryview]:
+        """Reserve ``length`` bytes for a blob in the current pack of its type, starting a new
+        pack when it does not fit; a pack that reached the target is closed."""
+        closed: PackWriter | None = None
         with self._lock:
-            writer = self._writers[blob_type]
-            writer.add(blob_type, blob_id, sealed)
+            current = self._writers.get(blob_type)
+            out = current.reserve(blob_type, blob_id, length) if current is not None else None
+            if current is not None and out is not None:
+                writer = current
+            else:
+                if current is not None and self._close(current):
+                    closed = current
+                writer = self._writers[blob_type] = PackWriter(self._buffer(length))
+                out = writer.reserve(blob_type, blob_id, length)
+                assert out is not None
             if new:
                 self.new_blobs += 1
                 self.new_bytes += new
             if writer.size >= self._repo.config.pack_target:
-                full = writer
-                self._writers[blob_type] = PackWriter()
-        if full is not None:
-            self._upload(full)
+                del self._writers[blob_type]
+                writer.closed = True  # uploaded once this blob (and any other) is sealed
+        if closed is not None:
+            self._upload(closed)
+        return writer, out
+
+    def _filled(self, writer: PackWriter, failed: bytes | None = None) -> None:
+        with self._lock:
+            if failed is not None:
+                writer.drop(failed)
+                self._reserved.discard(failed)
+            writer.writing -= 1
+            ready = writer.closed and writer.writing == 0
+        if ready:
+            self._upload(writer)
+
+    @staticmethod
+    def _close(writer: PackWriter) -> bool:
+        """Close a pack (under the lock); True when it is ready to upload now."""
+        writer.closed = True
+        return writer.writing == 0
+
+    def _buffer(self, at_least: int) -> mmap.mmap:
+        """A spare pack buffer, or a new anonymous mapping (larger for an oversized blob)."""
+        if at_least <= self._buffer_bytes:
+            if self._spare:
+                return self._spare.pop()
+            return mmap.mmap(-1, self._buffer_bytes, mmap.MAP_PRIVATE)
+        return mmap.mmap(-1, at_least, mmap.MAP_PRIVATE)
 
     def store(self, blob_type: BlobType, data: bytes) -> bytes:
         blob_id = self._repo.crypto.blob_id(data)
@@ -457,13 +519,19 @@ class BlobSink:
             self._uploads.append(fut)
 
     def _write_pack(self, writer: PackWriter) -> None:
+        if not writer.entries:  # every blob of it failed to seal
+            return
         pack_id, parts = writer.finish(self._repo.crypto)
         self._repo.store.put_parts(pack_name(pack_id), parts)
+        stored = sum(len(p) for p in parts)
+        del parts
         with self._lock:
-            self.stored_bytes += sum(len(p) for p in parts)
+            self.stored_bytes += stored
             self.written_packs.append(pack_id)
             self._unindexed.append((pack_id, writer.entries))
             self._repo.index.add_pack(pack_id, writer.entries)
+            if len(writer.buffer) == self._buffer_bytes and len(self._spare) < _SPARE_BUFFERS:
+                self._spare.append(writer.buffer)
             batch = None
             if len(self._unindexed) >= _INDEX_EVERY_PACKS:
                 batch, self._unindexed = self._unindexed, []
@@ -472,10 +540,10 @@ class BlobSink:
 
     def flush(self) -> list[str]:
         """Upload partial packs, wait for all uploads and index them; returns the new index
-        files. This finishes the sink."""
+        files. This finishes the sink; every ``put`` must have returned."""
         with self._lock:
-            pending = [w for w in self._writers.values() if w.entries]
-            self._writers = {BlobType.DATA: PackWriter(), BlobType.TREE: PackWriter()}
+            pending = [w for w in self._writers.values() if self._close(w)]
+            self._writers = {}
         for w in pending:
             self._upload(w)
         with self._lock:

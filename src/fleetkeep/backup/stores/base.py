@@ -7,7 +7,6 @@ carry them over the wire.
 
 from __future__ import annotations
 
-import mmap
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -16,8 +15,8 @@ from datetime import datetime
 
 from fleetkeep.backup.errors import BackupError, ObjectNotFound
 
-# A piece of an object to write: sealed blobs are bytearrays or, when large, anonymous maps.
-Part = bytes | bytearray | mmap.mmap
+# A piece of an object to write (a pack's blobs are a view of the buffer they were sealed into).
+Part = bytes | bytearray | memoryview
 
 _NAME = re.compile(r"^[a-z]+(/[0-9a-z][0-9a-z._-]*)*$")
 
