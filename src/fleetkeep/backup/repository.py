@@ -69,7 +69,7 @@ _UPLOADS_IN_FLIGHT = 2
 # Room in a pack buffer past the pack target (a blob that crosses the target still fits when
 # it is smaller; a larger one starts the next pack), and written packs' buffers kept for reuse.
 _PACK_SLACK = 1024 * 1024
-_SPARE_BUFFERS = 2
+_SPARE_BUFFERS = 1
 
 
 @dataclass(frozen=True)
@@ -420,7 +420,9 @@ class BlobSink:
         self._spare: list[mmap.mmap] = []
         self._unindexed: list[tuple[str, list[PackEntry]]] = []
         self.written_packs: list[str] = []
-        self._uploader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="pack-upload")
+        self._uploader = ThreadPoolExecutor(
+            max_workers=_UPLOADS_IN_FLIGHT, thread_name_prefix="pack-upload"
+        )
         self._upload_slots = threading.Semaphore(_UPLOADS_IN_FLIGHT)
         self._uploads: list[Future[None]] = []
         self.new_blobs = 0
