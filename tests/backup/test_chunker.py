@@ -7,6 +7,7 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyfastcdc import FastCDC
 
 from fleetkeep.backup.chunker import Chunker, ChunkerParams
 
@@ -62,7 +63,8 @@ def test_split_file_matches_split_of_the_same_bytes(tmp_path_factory, seed: int,
     data = _data(seed, n)
     path = tmp_path_factory.mktemp("f") / "file"
     path.write_bytes(data)
-    chunker = Chunker(PARAMS)
+    # A read buffer smaller than most files: chunks cut across refills of the buffer.
+    chunker = Chunker(PARAMS, read_ahead=4096)
     fd = os.open(path, os.O_RDONLY)
     try:
         # The size hint may be stale (the file changed since stat): chunks must not change.
@@ -71,3 +73,24 @@ def test_split_file_matches_split_of_the_same_bytes(tmp_path_factory, seed: int,
             assert [bytes(c) for c in chunker.split_file(fd, hint)] == _chunks(chunker, data)
     finally:
         os.close(fd)
+
+
+def test_split_file_cuts_where_the_stream_chunker_does(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Repositories written before split_file had its own buffer cut with pyfastcdc's
+    stream chunker: the same file must give the same chunks (and so dedup against them)."""
+    params = ChunkerParams(seed=4242)
+    rng = random.Random(3)
+    # Random bytes, then a long run of one byte (forced cuts at the largest chunk size).
+    data = rng.randbytes(21 * 1024 * 1024) + bytes(9 * 1024 * 1024) + rng.randbytes(12345)
+    path = tmp_path / "big"
+    path.write_bytes(data)
+    cdc = FastCDC(params.avg_size, min_size=params.min_size, max_size=params.max_size, seed=4242)
+    with path.open("rb") as f:
+        expected = [bytes(c.data) for c in cdc.cut_stream(f)]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        got = [bytes(c) for c in Chunker(params).split_file(fd, len(data))]
+    finally:
+        os.close(fd)
+    assert [len(c) for c in got] == [len(c) for c in expected]
+    assert got == expected

@@ -7,7 +7,6 @@ is XORed with a per-repository secret seed, so chunk lengths do not fingerprint 
 
 from __future__ import annotations
 
-import io
 import os
 import threading
 from collections.abc import Iterator
@@ -19,6 +18,8 @@ from pyfastcdc import FastCDC
 DEFAULT_MIN = 512 * 1024
 DEFAULT_AVG = 1024 * 1024
 DEFAULT_MAX = 8 * 1024 * 1024
+# What a read buffer holds beyond the largest chunk (reads are at least this large).
+READ_AHEAD = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,9 @@ class ChunkerParams:
 
 
 class Chunker:
-    def __init__(self, params: ChunkerParams) -> None:
+    def __init__(self, params: ChunkerParams, read_ahead: int = READ_AHEAD) -> None:
         self.params = params
+        self.read_ahead = read_ahead
         self._local = threading.local()
 
     def _cdc(self) -> FastCDC:
@@ -54,44 +56,44 @@ class Chunker:
             yield chunk.data
 
     def split_file(self, fd: int, size_hint: int) -> Iterator[memoryview]:
-        """Chunks of an open file. Each view is valid only until the next one is produced."""
-        if size_hint <= self.params.max_size:
-            # Ask for one byte more than expected so a file that grew is still read whole.
-            head = os.read(fd, size_hint + 1)
-            # Exactly the size lstat saw: the whole file (asked for one byte more, it did not
-            # grow), with no second read to see EOF. Fewer bytes may be a short read.
-            if len(head) < size_hint:
-                while True:  # short reads are legal; read until EOF or past the hint
-                    more = os.read(fd, size_hint + 1 - len(head))
-                    if not more:
-                        break
-                    head += more
-                    if len(head) > size_hint:
-                        break
-            if len(head) <= size_hint:
-                yield from self.split(head)
+        """Chunks of an open file, read into this thread's reused buffer. Each view is valid
+        only until the next one is produced.
+
+        Why not ``cut_stream``: it allocates a fresh buffer of twice the largest chunk per
+        file and moves its unread half to the front with the GIL held, about once per byte
+        read; here the buffer is reused and only the last, unfinished chunk of a full buffer
+        is moved. Cut points are the same: a cut found before the end of the buffered bytes
+        does not depend on what follows, and a chunk that reaches the end of a full buffer
+        is cut again once more has been read."""
+        del size_hint  # the buffer is filled to EOF or full, whatever stat said
+        buf = self._buffer()
+        capacity = len(buf)
+        filled = 0
+        eof = False
+        while True:
+            while filled < capacity:
+                n = os.readv(fd, [buf[filled:]])
+                if not n:
+                    eof = True
+                    break
+                filled += n
+            if eof:
+                yield from self.split(buf[:filled])
                 return
-            stream: io.RawIOBase = _Prefixed(head, fd)
-        else:
-            stream = io.FileIO(fd, closefd=False)
-        for chunk in self._cdc().cut_stream(stream):
-            yield chunk.data
+            done = 0
+            for chunk in self._cdc().cut_buf(buf[:filled]):
+                end = done + len(chunk.data)
+                if end == filled:
+                    break  # may end early only because the buffer does: cut it again
+                yield chunk.data
+                done = end
+            buf[: filled - done] = buf[done:filled]
+            filled -= done
 
-
-class _Prefixed(io.RawIOBase):
-    """Bytes already read, followed by the rest of the file."""
-
-    def __init__(self, head: bytes, fd: int) -> None:
-        self._head = memoryview(head)
-        self._fd = fd
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
-        if self._head:
-            n = min(len(b), len(self._head))
-            b[:n] = self._head[:n]
-            self._head = self._head[n:]
-            return n
-        return os.readv(self._fd, [b])
+    def _buffer(self) -> memoryview:
+        buf: memoryview | None = getattr(self._local, "buffer", None)
+        if buf is None:
+            # Larger than the largest chunk, so a full buffer always holds a finished one.
+            size = self.params.max_size + self.read_ahead
+            buf = self._local.buffer = memoryview(bytearray(size))
+        return buf
