@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 from collections.abc import Iterator, Sequence
@@ -31,7 +32,10 @@ class FilesystemStore(Store):
         tmp = parent / f"{_TMP_PREFIX}{secrets.token_hex(8)}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            _write_all(fd, parts)
+            rest = _write_direct(tmp, parts)
+            if rest is not parts:
+                os.lseek(fd, 0, os.SEEK_END)
+            _write_all(fd, rest)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -117,6 +121,37 @@ class FilesystemStore(Store):
 
 
 _IOV_MAX = 1024
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_DIRECT_BLOCK = 4096
+_DIRECT_MIN = 1024 * 1024
+
+
+def _write_direct(path: Path, parts: Sequence[Part]) -> Sequence[Part]:
+    """Write the block-aligned start of a large first part (a pack's blobs, which sit in a
+    page-aligned mapping) with O_DIRECT; return what is left to write the usual way.
+
+    Why: a buffered write copies every byte into the page cache (measured: 8 % of a 1 GB
+    backup's CPU), and a new pack is not read again soon. Where O_DIRECT is refused (tmpfs,
+    a misaligned buffer: EINVAL) the whole object is written the usual way."""
+    first = parts[0] if parts else b""
+    if not _O_DIRECT or not isinstance(first, memoryview) or len(first) < _DIRECT_MIN:
+        return parts
+    aligned = len(first) - len(first) % _DIRECT_BLOCK
+    try:
+        fd = os.open(path, os.O_WRONLY | _O_DIRECT)
+    except OSError:
+        return parts
+    try:
+        done = 0
+        while done < aligned:
+            done += os.pwritev(fd, [first[done:aligned]], done)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL or done:
+            raise
+        return parts
+    finally:
+        os.close(fd)
+    return [first[aligned:], *parts[1:]]
 
 
 def _write_all(fd: int, parts: Sequence[Part]) -> None:
