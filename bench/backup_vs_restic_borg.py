@@ -1,11 +1,12 @@
 """fleetkeep's backup engine against restic and borg on the same seeded data set.
 
-    uv run python bench/backup_vs_restic_borg.py [--size-mb 1000] [--files 20000]
+    uv run python bench/backup_vs_restic_borg.py [--size-mb 1000] [--files 20000] [--rounds 3]
 
 Measures initial backup, unchanged re-backup, re-backup after a 1 % mutation, full restore
 (page cache dropped first when permitted; backups read the data set from page cache, the
-same for every tool), repository size and each run's peak RSS
-(``os.wait4``), then prints a table with the ratios fleetkeep/restic and fleetkeep/borg.
+same for every tool), repository size and each run's peak RSS (``os.wait4``), then prints
+a table with the ratios fleetkeep/restic and fleetkeep/borg: medians over ``--rounds``
+rounds (tools take turns in a rotating order), and each round's ratio.
 ``--survey-chunk-sizes`` instead measures dedup and chunk counts per FastCDC average size.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -212,10 +214,13 @@ def _fmt_s(r: Run) -> str:
     return f"{r.seconds:8.2f}s"
 
 
-def print_table(results: dict[str, Results], dataset: tuple[int, int], dropped: bool) -> None:
+def print_table(
+    results: dict[str, Results], dataset: tuple[int, int], dropped: bool, rounds: int
+) -> None:
     fk, rs, bg = results["fleetkeep"], results["restic"], results["borg"]
     print(
-        f"\ndata set: {dataset[0]} files, {dataset[1] / 1e6:.0f} MB; "
+        f"\nmedians of {rounds} round(s); data set: {dataset[0]} files, "
+        f"{dataset[1] / 1e6:.0f} MB; "
         "backups read it from page cache; "
         f"page cache {'dropped before each restore' if dropped else 'NOT dropped (no permission)'}"
         f"; load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
@@ -242,6 +247,7 @@ def print_table(results: dict[str, Results], dataset: tuple[int, int], dropped: 
             f"{a.cpu_seconds / b.cpu_seconds:>11.2f}{a.cpu_seconds / c.cpu_seconds:>9.2f}"
         )
     peak = {n: max(r.max_rss_kb for r in res.runs.values()) for n, res in results.items()}
+    # Peak RSS is the largest of any round, not a median.
     print(
         f"{'peak RSS (any step)':22}{peak['fleetkeep'] / 1024:>10.0f}MB"
         f"{peak['restic'] / 1024:>10.0f}MB{peak['borg'] / 1024:>10.0f}MB"
@@ -263,20 +269,25 @@ def _progress(tool: str, step: str, r: Run) -> None:
     )
 
 
-def benchmark(size_mb: int, files: int, only: list[str]) -> None:
-    ensure_tools()
-    pristine = DATA / f"pristine-{size_mb}mb-{files}f"
-    if not (pristine / ".complete").exists():
-        print(f"generating {size_mb} MB / {files} files in {pristine} …", flush=True)
-        _dataset.generate(pristine, size_mb=size_mb, files=files)
-        (pristine / ".complete").touch()
+STEPS = ("initial backup", "unchanged backup", "mutated backup", "full restore")
+
+
+def one_round(
+    pristine: Path, names: list[str], round_no: int
+) -> tuple[dict[str, Results], tuple[int, int], bool]:
+    """Every step for every tool on a fresh copy of the data set and fresh repositories.
+    The tools take turns in a rotating order, so none is always first after the data set
+    was copied or always right after another tool's restore was deleted."""
     shutil.rmtree(WORK, ignore_errors=True)
     WORK.mkdir(parents=True)
     data = WORK / "data"
     subprocess.run(["cp", "-a", str(pristine), str(data)], check=True)
     (data / ".complete").unlink()
     dataset = _dataset.tree_bytes(data)
-    tools = [t(WORK, data) for t in (Fleetkeep, Restic, Borg) if t.name in only]
+    by_name = {t.name: t for t in (Fleetkeep, Restic, Borg)}
+    shift = round_no % len(names)
+    order = names[shift:] + names[:shift]
+    tools = [by_name[n](WORK, data) for n in order]
     results = {t.name: Results() for t in tools}
     for t in tools:
         t.init()
@@ -307,8 +318,51 @@ def benchmark(size_mb: int, files: int, only: list[str]) -> None:
             raise SystemExit(f"{t.name} restore differs:\n{check.stdout[:2000]}")
         shutil.rmtree(target)
         results[t.name].repo_bytes = du(t.repo)
-    if len(tools) == 3:
-        print_table(results, dataset, dropped)
+    return {n: results[n] for n in names}, dataset, dropped
+
+
+def median_results(rounds: list[dict[str, Results]]) -> dict[str, Results]:
+    """Per tool and step: the median wall and CPU time over the rounds, the largest RSS."""
+    out: dict[str, Results] = {}
+    for name in rounds[0]:
+        res = out[name] = Results()
+        for step in STEPS:
+            runs = [r[name].runs[step] for r in rounds]
+            res.runs[step] = Run(
+                statistics.median(r.seconds for r in runs),
+                max(r.max_rss_kb for r in runs),
+                statistics.median(r.cpu_seconds for r in runs),
+            )
+        res.repo_bytes = int(statistics.median(r[name].repo_bytes for r in rounds))
+    return out
+
+
+def print_spread(rounds: list[dict[str, Results]]) -> None:
+    print("\nfleetkeep/restic wall time in each round (the table: the ratio of the medians):")
+    for step in STEPS:
+        ratios = [
+            r["fleetkeep"].runs[step].seconds / r["restic"].runs[step].seconds for r in rounds
+        ]
+        print(f"  {step:20}" + "".join(f"{x:>7.2f}" for x in ratios))
+
+
+def benchmark(size_mb: int, files: int, only: list[str], rounds: int) -> None:
+    ensure_tools()
+    pristine = DATA / f"pristine-{size_mb}mb-{files}f"
+    if not (pristine / ".complete").exists():
+        print(f"generating {size_mb} MB / {files} files in {pristine} …", flush=True)
+        _dataset.generate(pristine, size_mb=size_mb, files=files)
+        (pristine / ".complete").touch()
+    names = [n for n in ("fleetkeep", "restic", "borg") if n in only]
+    all_rounds = []
+    for i in range(rounds):
+        print(f"-- round {i + 1} of {rounds}", flush=True)
+        results, dataset, dropped = one_round(pristine, names, i)
+        all_rounds.append(results)
+    results = median_results(all_rounds)
+    if len(names) == 3:
+        print_table(results, dataset, dropped, rounds)
+        print_spread(all_rounds)
     else:
         for name, res in results.items():
             print(
@@ -328,6 +382,13 @@ def main() -> None:
         help="number of files (default: 20 per MB, at most 20,000)",
     )
     parser.add_argument("--only", default="fleetkeep,restic,borg")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of every step (medians are reported; this machine's speed drifts by "
+        "10-20 %% between minutes, so one round is not enough to compare tools)",
+    )
     parser.add_argument("--survey-chunk-sizes", action="store_true")
     args = parser.parse_args()
     files = args.files or min(20_000, max(100, args.size_mb * 20))
@@ -336,7 +397,7 @@ def main() -> None:
 
         _chunk_survey.survey(DATA, args.size_mb, files)
     else:
-        benchmark(args.size_mb, files, args.only.split(","))
+        benchmark(args.size_mb, files, args.only.split(","), args.rounds)
 
 
 if __name__ == "__main__":
