@@ -37,6 +37,10 @@ Figures (2 cores shared with other work; server CPU per op from /proc, all worke
   all landed in one worker gave 469.7 req/s. Later runs (load 1.2-1.5, every CPU figure
   ~25 % higher, the load generator's too): 642.8-732.3 req/s, p99 93-116 ms with 19/13 and
   17/15.
+  With start-up's heap frozen out of the garbage collector and young collections every
+  20,000 allocations (``web.app.settle_heap``), runs paired with ones without it (load
+  1.3-2.5; 2026-12-08): server CPU per op 1.38-1.79 ms against 1.57-1.82 ms, p99 74-89 ms
+  against 83-90 ms, 767-961 req/s, 0 errors, connections 17/15 to 20/12.
   Throughput met; p99 not: with 32 closed-loop clients the mean latency is 32 / throughput,
   so p99 < 50 ms needs about 1,200 req/s and an even split. Left: a POST still validates the
   resource model and flushes the user through the ORM (3.2 ms); every request pays about

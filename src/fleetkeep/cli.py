@@ -117,7 +117,7 @@ def serve(
     from uvicorn.supervisors import Multiprocess
 
     from fleetkeep.observability import configure_logging
-    from fleetkeep.web.app import WORKER_JOBS_ENV, create_app
+    from fleetkeep.web.app import WORKER_JOBS_ENV, create_app, settle_heap
     from fleetkeep.web.sockets import bind_worker_socket
 
     cfg = settings()
@@ -146,7 +146,9 @@ def serve(
         "server_header": False,
     }
     if workers == 1:
-        uvicorn.run(create_app(cfg, engine=eng, run_jobs=not no_jobs), **options)
+        app = create_app(cfg, engine=eng, run_jobs=not no_jobs)
+        settle_heap()
+        uvicorn.run(app, **options)
         return
     # Workers are fresh interpreters that build their own app from the environment (the
     # migrations are already applied); jobs are safe to run in every one, as in replicas.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -79,7 +80,29 @@ def worker_app() -> FastAPI:
     """The app of one ``fleetkeep serve --workers N`` process (uvicorn spawns each one)."""
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
-    return create_app(settings, run_jobs=os.environ.get(WORKER_JOBS_ENV) != "0")
+    app = create_app(settings, run_jobs=os.environ.get(WORKER_JOBS_ENV) != "0")
+    settle_heap()
+    return app
+
+
+def settle_heap() -> None:
+    """Take what start-up built (modules, routes, validators, ORM mappers: hundreds of
+    thousands of objects) out of the cyclic garbage collector's reach, and collect young
+    objects less often (every 20,000 allocations instead of 700).
+
+    Why: each older-generation collection walked all of start-up's objects again; a request
+    allocates thousands of objects, so young collections ran several times per request. On
+    the SCIM bench (bench/scim_load.py, paired runs) server CPU per operation fell from
+    1.57-1.82 to 1.38-1.79 ms and p99 from 83-90 to 74-89 ms. Frozen objects are still freed
+    by reference counting; only cycles among them are never collected, and start-up's
+    objects live as long as the process anyway. For a serving process only, not for the
+    apps that tests make by the hundred."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(_YOUNG_COLLECTION_EVERY, 10, 10)
+
+
+_YOUNG_COLLECTION_EVERY = 20_000
 
 
 def create_app(
