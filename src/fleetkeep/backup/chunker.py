@@ -65,18 +65,23 @@ class Chunker:
         is moved. Cut points are the same: a cut found before the end of the buffered bytes
         does not depend on what follows, and a chunk that reaches the end of a full buffer
         is cut again once more has been read."""
-        del size_hint  # the buffer is filled to EOF or full, whatever stat said
         buf = self._buffer()
         capacity = len(buf)
-        filled = 0
+        filled = total = 0
         eof = False
+        # At first ask for one byte more than lstat saw: a file of that length comes back
+        # short, which means EOF with no second read to see it (a file that grew is read on).
+        want = size_hint + 1 if size_hint < capacity else capacity
         while True:
-            while filled < capacity:
-                n = os.readv(fd, [buf[filled:]])
-                if not n:
+            while filled < want:
+                asked = want - filled
+                n = os.readv(fd, [buf[filled:want]])
+                filled += n
+                total += n
+                if not n or (n < asked and total == size_hint):
                     eof = True
                     break
-                filled += n
+            want = capacity
             if eof:
                 yield from self.split(buf[:filled])
                 return
