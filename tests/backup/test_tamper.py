@@ -152,15 +152,17 @@ def test_chunk_ids_depend_on_the_key() -> None:
 def test_incompressible_chunks_are_stored_raw_and_text_is_compressed() -> None:
     from fleetkeep.backup.crypto import STORED, ZSTD, compress, decompress
 
-    noise = os.urandom(200_000)
-    text = b"the same sentence again " * 10_000
-    mode, payload = compress(noise)
-    assert mode == STORED
-    assert decompress(mode, bytes(payload)) == noise
-    mode, payload = compress(text)
-    assert mode == ZSTD
-    assert len(payload) < len(text) // 20
-    assert decompress(mode, bytes(payload)) == text
+    # Both ways of deciding: a whole small chunk, and a large one judged by a sample.
+    for size in (200_000, 1_500_000):
+        noise = os.urandom(size)
+        text = (b"the same sentence again " * (size // 24 + 1))[:size]
+        mode, payload = compress(noise)
+        assert mode == STORED
+        assert decompress(mode, bytes(payload)) == noise
+        mode, payload = compress(text)
+        assert mode == ZSTD
+        assert len(payload) < len(text) // 20
+        assert decompress(mode, bytes(payload)) == text
 
 
 def test_storage_mode_byte_is_authenticated(
