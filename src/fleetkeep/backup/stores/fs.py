@@ -144,11 +144,14 @@ def _write_direct(path: Path, parts: Sequence[Part]) -> Sequence[Part]:
     try:
         done = 0
         while done < aligned:
-            done += os.pwritev(fd, [first[done:aligned]], done)
+            n = os.pwritev(fd, [first[done:aligned]], done)
+            if n <= 0:
+                return parts
+            done += n
     except OSError as exc:
-        if exc.errno != errno.EINVAL or done:
+        if exc.errno != errno.EINVAL:
             raise
-        return parts
+        return parts  # written again from the start, buffered (the other descriptor is at 0)
     finally:
         os.close(fd)
     return [first[aligned:], *parts[1:]]
