@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -374,6 +375,20 @@ def own_slapd(tmp_path: Path) -> Iterator[Slapd]:
     server.stop()
 
 
+def wait_until_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Until every thread of ``pid`` is in the stopped state (``T`` in /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = {
+            Path(task, "stat").read_text().rpartition(")")[2].split()[0]
+            for task in Path(f"/proc/{pid}/task").iterdir()
+        }
+        if states == {"T"}:
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop within {timeout} s")
+
+
 def twelve_users_synced(
     slapd: Slapd, factory: sessionmaker[Session], data_dir: Path, places: dict[str, int]
 ) -> tuple[str, int]:
@@ -441,6 +456,9 @@ def test_a_directory_that_stops_answering_times_out_and_changes_nothing(
     def freeze_after_first_page(what: str, count: int) -> None:
         if what == "users" and count >= 3 and own_slapd.process is not None:
             os.kill(own_slapd.process.pid, signal.SIGSTOP)
+            # The stop takes effect when slapd's threads next run: wait for it, or on a busy
+            # machine slapd could still answer the next pages and the sync would complete.
+            wait_until_stopped(own_slapd.process.pid)
 
     run = sync(factory, data_dir, directory_id, progress=freeze_after_first_page)
     assert run.status is SyncStatus.FAILED
