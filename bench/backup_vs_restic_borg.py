@@ -275,19 +275,18 @@ STEPS = ("initial backup", "unchanged backup", "mutated backup", "full restore")
 def one_round(
     pristine: Path, names: list[str], round_no: int
 ) -> tuple[dict[str, Results], tuple[int, int], bool]:
-    """Every step for every tool on a fresh copy of the data set and fresh repositories.
-    The tools take turns in a rotating order, so none is always first after the data set
-    was copied or always right after another tool's restore was deleted."""
-    shutil.rmtree(WORK, ignore_errors=True)
-    WORK.mkdir(parents=True)
-    data = WORK / "data"
+    """Every step for every tool on a fresh copy of the data set and fresh repositories, in
+    a directory of the round's own. The tools take turns in a rotating order."""
+    work = WORK / f"round-{round_no + 1}"
+    work.mkdir(parents=True)
+    data = work / "data"
     subprocess.run(["cp", "-a", str(pristine), str(data)], check=True)
     (data / ".complete").unlink()
     dataset = _dataset.tree_bytes(data)
     by_name = {t.name: t for t in (Fleetkeep, Restic, Borg)}
     shift = round_no % len(names)
     order = names[shift:] + names[:shift]
-    tools = [by_name[n](WORK, data) for n in order]
+    tools = [by_name[n](work, data) for n in order]
     results = {t.name: Results() for t in tools}
     for t in tools:
         t.init()
@@ -304,7 +303,7 @@ def one_round(
         _progress(t.name, "mutated backup", r)
     dropped = False
     for t in tools:
-        target = WORK / f"{t.name}-restore"
+        target = work / f"{t.name}-restore"
         dropped = drop_caches()
         results[t.name].runs["full restore"] = r = t.restore(target)
         _progress(t.name, "full restore", r)
@@ -317,10 +316,6 @@ def one_round(
         if check.returncode != 0:
             raise SystemExit(f"{t.name} restore differs:\n{check.stdout[:2000]}")
         results[t.name].repo_bytes = du(t.repo)
-    # Restored trees are deleted only now: deleting 20,000 files right before a timed restore
-    # slowed that restore by 10-25 % (ext4 here), whichever tool it was.
-    for t in tools:
-        shutil.rmtree(WORK / f"{t.name}-restore")
     return {n: results[n] for n in names}, dataset, dropped
 
 
@@ -357,11 +352,25 @@ def benchmark(size_mb: int, files: int, only: list[str], rounds: int) -> None:
         _dataset.generate(pristine, size_mb=size_mb, files=files)
         (pristine / ".complete").touch()
     names = [n for n in ("fleetkeep", "restic", "borg") if n in only]
+    # Nothing is deleted while tools are timed: on ext4 without a journal (this machine's
+    # disk), creating files within a minute of deleting many others makes the kernel skip the
+    # freed inodes one by one (``recently_deleted``): a restore run within a minute of the
+    # previous round's deletions spent a quarter of its CPU there (perf). So each round works
+    # in a directory of its own (about 6 GB each) and all are deleted at the end, or, left
+    # over from an interrupted run, at the start followed by a minute's wait.
+    if WORK.exists():
+        shutil.rmtree(WORK)
+        print("deleted an earlier run's work directory; waiting 65 s …", flush=True)
+        os.sync()
+        time.sleep(65)
     all_rounds = []
-    for i in range(rounds):
-        print(f"-- round {i + 1} of {rounds}", flush=True)
-        results, dataset, dropped = one_round(pristine, names, i)
-        all_rounds.append(results)
+    try:
+        for i in range(rounds):
+            print(f"-- round {i + 1} of {rounds}", flush=True)
+            results, dataset, dropped = one_round(pristine, names, i)
+            all_rounds.append(results)
+    finally:
+        shutil.rmtree(WORK, ignore_errors=True)
     results = median_results(all_rounds)
     if len(names) == 3:
         print_table(results, dataset, dropped, rounds)
